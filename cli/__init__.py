@@ -1,0 +1,1 @@
+"""`minrctl`: the command line over minr, probes and finetune."""

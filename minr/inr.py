@@ -1,0 +1,59 @@
+"""Pure functions of the implicit neural representation: coordinates, Fourier features, the batched MLP.
+
+Keys: B batch, Q query coordinates, F feature width, I/O a layer's input/output width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def coord_grid(height: int, width: int, *, device: torch.device | None = None) -> torch.Tensor:
+    """Pixel-centre coordinates in [-1, 1], `c_i = -1 + 2 (i + 0.5) / n`, row-major. Returns (H*W, 2) as (y, x)."""
+    ys = -1 + 2 * (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
+    xs = -1 + 2 * (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
+    return torch.cartesian_prod(ys, xs)
+
+
+def fourier_frequencies(num: int, sigma: float) -> torch.Tensor:
+    """`num` log-spaced frequencies in [1, sigma]. Returns (num,)."""
+    return torch.logspace(0, math.log10(sigma), num)
+
+
+def fourier_features(coords: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """(Q, 2) coordinates -> (Q, 4 * len(freqs)) features `[cos(pi c w), sin(pi c w)]` for both axes."""
+    x = math.pi * coords[..., :, None] * freqs  # (Q, 2, nf)
+    x = x.flatten(-2)  # (Q, 2 nf)
+    return torch.cat([torch.cos(x), torch.sin(x)], dim=-1)
+
+
+def normalize_columns(weight: torch.Tensor) -> torch.Tensor:
+    """L2-normalise each output column over the input dimension. (..., I, O) -> (..., I, O)."""
+    return F.normalize(weight, dim=-2)
+
+
+def render_mlp(
+    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], *, hidden_layer: int | None = None
+) -> torch.Tensor:
+    """Run the INR: ReLU between layers, +0.5 on the output (METHOD.md).
+
+    x: (Q, F) features shared by the batch, or (B, Q, F). weights[l]: shared (I, O) or per image (B, I, O);
+    biases[l]: (O,). Shared layers on a shared input run once for the whole batch. Returns (B, Q, O_last), or
+    with `hidden_layer=k` the ReLU activations after layer k, (B, Q, O_k), for dense per-pixel features.
+    """
+    last = len(weights) - 1
+    batch = next((w.shape[0] for w in weights if w.dim() == 3), None)
+    for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        if w.dim() == 2:  # shared weight: one matmul over every (image, point)
+            x = torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
+        else:  # per-image weight: (B, Q, I) @ (B, I, O); the bias is added inside the matmul
+            x = torch.baddbmm(b, x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w)
+        if layer < last:
+            x = F.relu(x, inplace=True)
+        if layer == hidden_layer:
+            return x if x.dim() == 3 else x.expand(batch or 1, *x.shape)
+    out = x + 0.5
+    return out if out.dim() == 3 else out.expand(batch or 1, *out.shape)

@@ -1,0 +1,41 @@
+"""Rich progress bars: one look for training, extraction and evaluation."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True)
+
+
+def make_progress(enabled: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+class TrainProgress:
+    """A bar over optimiser steps showing loss, PSNR and images/s."""
+
+    def __init__(self, total: int, *, start: int = 0, enabled: bool = True, description: str = "pretrain") -> None:
+        self.progress = make_progress(enabled)
+        self.task = self.progress.add_task(description, total=total, completed=start, info="")
+
+    def __enter__(self) -> TrainProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, step: int, *, loss: float, psnr: float | None, ips: float) -> None:
+        psnr_text = "" if psnr is None else f" psnr {psnr:.2f}"
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}{psnr_text} {ips:.0f} img/s")

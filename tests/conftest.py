@@ -1,0 +1,72 @@
+"""Shared fixtures: a seeded RNG for every test, and small real datasets written in their standard layouts."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minr.data import DEBIAN_FASHION_MNIST, _read_idx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", s) for s in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_small(tmp_path_factory) -> Path:
+    """The first 640 training and 200 test images of the real Fashion-MNIST, as IDX files in a folder."""
+    src = Path(DEBIAN_FASHION_MNIST)
+    if not (src / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST is missing from {src}: run `apt-get install -y dataset-fashion-mnist`")
+    out = tmp_path_factory.mktemp("fashion")
+    for prefix, n in (("train", 640), ("t10k", 200)):
+        write_idx(out / f"{prefix}-images-idx3-ubyte.gz", _read_idx(src / f"{prefix}-images-idx3-ubyte.gz")[:n])
+        write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", _read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")[:n])
+    return out
+
+
+def photo_crops(n: int, size: int = 40) -> list[np.ndarray]:
+    """Real RGB crops from scikit-learn's two sample photos."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    crops = []
+    for i in range(n):
+        p = photos[i % 2]
+        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
+        crops.append(p[y : y + size, x : x + size].copy())
+    return crops
+
+
+def save_images(folder: Path, names: list[str], ext: str = ".jpg") -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    crops = photo_crops(len(names))
+    for name, crop in zip(names, crops, strict=True):
+        Image.fromarray(crop).save(folder / f"{name}{ext}")
+    return [f"{n}{ext}" for n in names]
+
+
+@pytest.fixture
+def imagefolder(tmp_path) -> Path:
+    """Imagenette's layout: train/<class>/*.JPEG and val/<class>/*.JPEG, two classes."""
+    for split, n in (("train", 6), ("val", 3)):
+        for c in ("n01440764", "n02102040"):
+            save_images(tmp_path / split / c, [f"{c}_{split}_{i}" for i in range(n)], ".JPEG")
+    return tmp_path
