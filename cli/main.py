@@ -177,6 +177,144 @@ def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
         atomic_write_text(Path(out), markdown_table(rows))
 
 
+def _data_options(f):
+    """--dataset, --data-root and --max-images, shared by the evaluation commands."""
+    f = click.option("--max-images", type=int, default=None, help="Cap every split (stratified) for quick runs.")(f)
+    f = click.option("--data-root", default=None, help="Where the dataset's files are.")(f)
+    return click.option(
+        "--dataset",
+        default="fashion-mnist",
+        show_default=True,
+        help="fashion-mnist, digits, imagefolder:PATH, indoor67:PATH, celeba:PATH.",
+    )(f)
+
+
+def _data_config(dataset: str, data_root: str | None, max_images: int | None):
+    from minr.config import DataConfig
+
+    return DataConfig(name=dataset, root=data_root, max_images=max_images)
+
+
+@main.command("extract")
+@click.argument("ckpt")
+@_data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
+@click.option(
+    "--kind",
+    default=None,
+    help="Feature kind (MINR: data_mean, weight_mean, modulation, concat; MAE: cls, patch_mean, concat).",
+)
+@click.option("--layer", type=int, default=-1, show_default=True, help="Block index (negative counts from the end).")
+@click.option("--mask-ratio", type=float, default=0.0, show_default=True, help="Test-time masking of the input.")
+@click.option("--mask-kind", type=click.Choice(["random", "bernoulli", "block"]), default="random")
+@click.option("--cache-dir", default=None, help="Feature cache (default $MINR_CACHE or ~/.cache/minr/features).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def extract_cmd(
+    ckpt, dataset, data_root, max_images, split, kind, layer, mask_ratio, mask_kind, cache_dir, device
+) -> None:
+    """Extract (and cache) frozen features of CKPT (or `pixels`) for one split."""
+    from probes.extract import ExtractSpec, extract
+
+    if not 0 <= mask_ratio < 1:
+        raise MinrError(f"--mask-ratio must be in [0, 1), got {mask_ratio}")
+    spec = ExtractSpec(
+        ckpt=ckpt,
+        data=_data_config(dataset, data_root, max_images),
+        split=split,
+        kind=kind,
+        layer=layer,
+        mask_ratio=mask_ratio,
+        mask_kind=mask_kind,
+        device=device,
+    )
+    fs = extract(spec, cache_dir, log=console.print)
+    speed = f", {fs.images_per_s:.0f} images/s" if fs.images_per_s else " (from the cache)"
+    console.print(f"{tuple(fs.features.shape)} features of {split}{speed}")
+
+
+def _floats(text: str | None) -> tuple[float, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise MinrError(f"--mask-ratios: expected comma-separated numbers like 0,0.25,0.5, got {text!r}") from None
+
+
+@main.command("probe")
+@click.option("--task", type=click.Choice(["classification"]), default="classification", show_default=True)
+@click.option("--ckpt", "ckpts", multiple=True, required=True, help="A pretrained checkpoint; repeat to compare.")
+@_data_options
+@click.option("--kind", "kinds", multiple=True, help="Feature kind(s) to probe; `all` for every kind.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["linear", "knn"]), help="Default: both.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Linear-probe seeds (mean ± std).")
+@click.option("--solver", type=click.Choice(["torch", "sklearn"]), default="torch", show_default=True)
+@click.option(
+    "--select-on",
+    type=click.Choice(["val", "test"]),
+    default="val",
+    show_default=True,
+    help="Where hyper-parameters are chosen; `test` only reproduces papers and is labelled so.",
+)
+@click.option("--epochs", type=int, default=20, show_default=True, help="Linear-probe epochs.")
+@click.option("--knn-k", type=int, default=20, show_default=True)
+@click.option("--knn-t", type=float, default=0.07, show_default=True)
+@click.option("--layer", type=int, default=-1, show_default=True)
+@click.option("--mask-ratios", default=None, help="Test-time masking sweep, e.g. 0,0.25,0.5,0.75.")
+@click.option("--mask-kind", type=click.Choice(["random", "bernoulli", "block"]), default="random")
+@click.option("--no-pixels", is_flag=True, help="Leave out the raw-pixel baseline.")
+@click.option("--cache-dir", default=None)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--quiet", is_flag=True)
+def probe_cmd(
+    task,
+    ckpts,
+    dataset,
+    data_root,
+    max_images,
+    kinds,
+    methods,
+    seeds,
+    solver,
+    select_on,
+    epochs,
+    knn_k,
+    knn_t,
+    layer,
+    mask_ratios,
+    mask_kind,
+    no_pixels,
+    cache_dir,
+    device,
+    out,
+    quiet,
+) -> None:
+    """Linear probe and k-NN of frozen features, MINR against MAE, with the raw-pixel floor."""
+    from probes.run import ProbeConfig, run_probe
+
+    cfg = ProbeConfig(
+        ckpts=tuple(ckpts),
+        data=_data_config(dataset, data_root, max_images),
+        kinds=tuple(kinds),
+        methods=tuple(methods) or ("linear", "knn"),
+        seeds=seeds,
+        solver=solver,
+        select_on=select_on,
+        epochs=epochs,
+        knn_k=knn_k,
+        knn_t=knn_t,
+        layer=layer,
+        mask_ratios=_floats(mask_ratios),
+        mask_kind=mask_kind,
+        pixels_baseline=not no_pixels,
+        device=device,
+        cache_dir=cache_dir,
+    )
+    run_probe(cfg, out, progress=not quiet, log=console.print)
+    console.print(f"wrote {out}/results.json, results.md, predictions.npz")
+
+
 def run() -> None:  # pragma: no cover - console-script entry for `python -m cli.main`
     main(prog_name="minrctl")
 

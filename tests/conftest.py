@@ -70,3 +70,18 @@ def imagefolder(tmp_path) -> Path:
         for c in ("n01440764", "n02102040"):
             save_images(tmp_path / split / c, [f"{c}_{split}_{i}" for i in range(n)], ".JPEG")
     return tmp_path
+
+
+def make_checkpoint(model_name: str, path: Path, *, data_root: Path | None = None, seed: int = 0) -> Path:
+    """An untrained but real minr checkpoint of a registered model (what `pretrain` writes at step 0)."""
+    from minr.build import build_model, default_config
+    from minr.checkpoint import save_checkpoint
+    from minr.config import to_dict
+
+    cfg = default_config(model_name, {"data.root": str(data_root) if data_root else None, "train.seed": seed})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"model": model_name, "family": model.family, "config": to_dict(cfg), "step": 0, "epoch": 0}
+    save_checkpoint(path, model_state=model.state_dict(), meta=meta)
+    return path

@@ -9,6 +9,7 @@ I/O an INR layer's input/output width, G weight tokens of one layer.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -123,22 +124,24 @@ class HyperINR(EncoderMixin, nn.Module):
         return h
 
     # -- predict weights and render ---------------------------------------------------------------------
+    def modulations(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """(B, N + T, D) -> the predicted modulation of each instance-specific layer, (B, G, I): TransINR's
+        per-layer factors before tiling, GINR's U_n. Also a feature for probes."""
+        wt = tokens[:, self.num_data_tokens :].float()  # (B, T, D)
+        starts = [0, *itertools.accumulate(self.token_counts)]
+        return [head(wt[:, a:b]) for head, a, b in zip(self.heads, starts[:-1], starts[1:], strict=True)]
+
     def predict_weights(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, N + T, D) -> one weight per INR layer: per image (B, I, O) or shared (I, O), columns normalised."""
-        wt = tokens[:, self.num_data_tokens :].float()  # (B, T, D)
+        mods = [m.transpose(1, 2) for m in self.modulations(tokens)]  # (B, I, G)
         if self.variant == "transinr":
-            weights, start = [], 0
-            for (_i, o), g, head, base in zip(
-                self.layer_shapes, self.token_counts, self.heads, self.base_weights, strict=True
-            ):
-                m = head(wt[:, start : start + g]).transpose(1, 2)  # (B, I, G)
-                m = m.repeat(1, 1, math.ceil(o / g))[:, :, :o]  # tile: column j uses token j mod G -> (B, I, O)
-                weights.append(inr.normalize_columns(base * m))
-                start += g
+            weights = []
+            for (_, o), m, base in zip(self.layer_shapes, mods, self.base_weights, strict=True):
+                m = m.repeat(1, 1, math.ceil(o / m.shape[-1]))[:, :, :o]  # tile: column j uses token j mod G
+                weights.append(inr.normalize_columns(base * m))  # (B, I, O)
             return weights
-        u = self.heads[0](wt).transpose(1, 2)  # (B, I, R)
         weights = [inr.normalize_columns(w) for w in self.base_weights]
-        weights[1] = inr.normalize_columns(u @ self.ginr_v)  # (B, I, O); layer 2's base weight is unused
+        weights[1] = inr.normalize_columns(mods[0] @ self.ginr_v)  # (B, I, O); layer 2's base weight is unused
         return weights
 
     def render(

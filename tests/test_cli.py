@@ -1,0 +1,96 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_models_lists_the_registry(runner):
+    r = runner.invoke(main, ["models"])
+    assert r.exit_code == 0 and "43,746,371" in r.output and "mae_tiny" in r.output
+
+
+def test_dry_run_prints_resolved_config(runner, tmp_path):
+    r = runner.invoke(
+        main,
+        [
+            "pretrain",
+            "--model",
+            "mae_tiny",
+            "--out",
+            str(tmp_path),
+            "--dry-run",
+            "--set",
+            "mask.ratio=0.6",
+            "--set",
+            "optim.lr=3e-4",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "ratio: 0.6" in r.output and "lr: 0.0003" in r.output and "name: adamw" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--set", "mask.ratio=1.5"], "mask.ratio must be in (0, 1)"),
+        (["--dataset", "imagefolder:/no/where"], "does not exist"),
+        (["--set", "bogus=1"], "unknown config key"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(runner, tmp_path, fashion_small, args, message):
+    base = ["pretrain", "--model", "ginr_tiny", "--out", str(tmp_path / "r"), "--data-root", str(fashion_small)]
+    r = runner.invoke(main, base + args)
+    assert r.exit_code == 2 and message in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pretrain_inspect_reconstruct_compare(runner, tmp_path, fashion_small):
+    run = tmp_path / "run"
+    r = runner.invoke(
+        main,
+        [
+            "pretrain",
+            "--model",
+            "ginr_tiny",
+            "--data-root",
+            str(fashion_small),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--out",
+            str(run),
+            "--quiet",
+            "--set",
+            "train.val_max_images=16",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "psnr_masked" in r.output
+    ckpt = run / "checkpoint.safetensors"
+    r = runner.invoke(main, ["inspect", str(ckpt), "--json"])
+    info = json.loads(r.output)
+    assert info["model"] == "ginr_tiny" and info["step"] == 3 and len(info["weights_sha256"]) == 64
+    r = runner.invoke(
+        main, ["reconstruct", str(ckpt), "--scale", "2", "--num-images", "3", "--out", str(tmp_path / "g.png")]
+    )
+    assert r.exit_code == 0, r.output
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "g.png").size
+    assert (w, h) == (2 + 5 * (56 + 2), 2 + 3 * (56 + 2))  # 5 columns, 3 rows of 56 px with 2 px padding
+    r = runner.invoke(main, ["compare", str(run), "--out", str(tmp_path / "c.md")])
+    assert r.exit_code == 0 and "ginr_tiny" in (tmp_path / "c.md").read_text()
+    # a truncated checkpoint is a clean error
+    (tmp_path / "cut.safetensors").write_bytes(ckpt.read_bytes()[:100])
+    r = runner.invoke(main, ["inspect", str(tmp_path / "cut.safetensors")])
+    assert r.exit_code == 2 and "truncated" in r.output

@@ -1,0 +1,167 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from minr.build import default_config
+from minr.checkpoint import load_checkpoint, weights_sha256
+from minr.config import OptimConfig
+from minr.errors import MinrError
+from minr.train import epoch_batches, lr_at, pretrain
+from tests.conftest import ROOT
+
+
+def test_lr_schedules():
+    step = OptimConfig(lr=1.0, schedule="step", decay_at=0.8)
+    assert lr_at(79, 100, step) == 1.0 and lr_at(80, 100, step) == pytest.approx(0.1)
+    cos = OptimConfig(lr=1.0, schedule="cosine", warmup_fraction=0.1)
+    assert lr_at(0, 100, cos) == pytest.approx(0.1) and lr_at(9, 100, cos) == pytest.approx(1.0)
+    assert lr_at(10, 100, cos) == pytest.approx(1.0) and lr_at(99, 100, cos) < 0.01
+    assert lr_at(55, 100, OptimConfig(lr=0.5)) == 0.5
+
+
+def test_epoch_batches_are_keyed_and_full():
+    a = epoch_batches(10, 3, epoch=0, seed=1)
+    assert len(a) == 3 and all(len(b) == 3 for b in a) and len({i for b in a for i in b}) == 9
+    assert a == epoch_batches(10, 3, epoch=0, seed=1) != epoch_batches(10, 3, epoch=1, seed=1)
+
+
+def _cfg(name, root, **extra):
+    over = {
+        "data.root": str(root),
+        "train.batch_size": 32,
+        "train.max_steps": 6,
+        "train.val_max_images": 32,
+        "train.ckpt_every": 2,
+        **extra,
+    }
+    return default_config(name, over)
+
+
+@pytest.mark.parametrize("name", ["ginr_tiny", "transinr_tiny", "mae_tiny"])
+def test_pretrain_writes_a_self_describing_run(name, fashion_small, tmp_path):
+    torch.manual_seed(0)
+    summary = pretrain(_cfg(name, fashion_small), tmp_path, progress=False)
+    assert summary["steps"] == 6 and summary["psnr_pasted"] > summary["psnr_full"] - 5
+    ckpt = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert ckpt.meta["model"] == name and ckpt.meta["step"] == 6 and ckpt.meta["config"]["train"]["max_steps"] == 6
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len([r for r in rows if r.startswith("train,")]) == 6 and any(r.startswith("val,") for r in rows)
+    assert "git_sha" in (tmp_path / "config.yaml").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["train_images_per_s"] > 0
+
+
+def test_training_lowers_the_loss(fashion_small, tmp_path):
+    torch.manual_seed(0)
+    pretrain(_cfg("transinr_tiny", fashion_small, **{"train.max_steps": 30}), tmp_path, progress=False)
+    rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:] if r.startswith("train")]
+    first, last = float(rows[0][3]), sum(float(r[3]) for r in rows[-5:]) / 5
+    assert last < 0.7 * first
+
+
+def test_refuses_to_overwrite_or_resume_with_other_config(fashion_small, tmp_path):
+    pretrain(_cfg("mae_tiny", fashion_small), tmp_path, progress=False)
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(MinrError, match="--resume"):
+        pretrain(_cfg("mae_tiny", fashion_small), tmp_path, progress=False)
+    with pytest.raises(MinrError, match="mask.ratio"):
+        pretrain(_cfg("mae_tiny", fashion_small, **{"mask.ratio": 0.5}), tmp_path, resume=True, progress=False)
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def _pretrain_args(root, out, steps=12):
+    return [
+        "pretrain",
+        "--model",
+        "ginr_tiny",
+        "--data-root",
+        str(root),
+        "--max-steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--set",
+        "train.ckpt_every=3",
+        "--set",
+        "train.val_max_images=32",
+    ]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_matches_uninterrupted_run(fashion_small, tmp_path):
+    """GINR (with dropout) killed mid-run and resumed ends with the very weights of a run never stopped."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(*_pretrain_args(fashion_small, tmp_path / "a")), cwd=ROOT, env=env, check=True)
+    proc = subprocess.Popen(_cli(*_pretrain_args(fashion_small, tmp_path / "b")), cwd=ROOT, env=env)
+    ckpt = tmp_path / "b" / "checkpoint.safetensors"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and 3 <= load_checkpoint(ckpt).meta["step"] < 12:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(ckpt).meta["step"]
+    assert killed_at < 12, "the run finished before it could be killed"
+    subprocess.run(_cli(*_pretrain_args(fashion_small, tmp_path / "b"), "--resume"), cwd=ROOT, env=env, check=True)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors") for d in "ab")
+    assert b.meta["step"] == 12
+    assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
+    steps = [
+        int(r.split(",")[1])
+        for r in (tmp_path / "b" / "metrics.csv").read_text().splitlines()[1:]
+        if r.startswith("train")
+    ]
+    assert steps == list(range(1, 13))
+
+
+def _losses(path):
+    return [float(r.split(",")[3]) for r in path.read_text().splitlines()[1:] if r.startswith("train")]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_single_process(fashion_small, tmp_path):
+    """torchrun with 2 gloo processes at the same global batch gives the single-process losses."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [
+        "pretrain",
+        "--model",
+        "transinr_tiny",
+        "--data-root",
+        str(fashion_small),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "32",
+        "--quiet",
+        "--set",
+        "train.val_max_images=32",
+    ]
+    subprocess.run(_cli(*args, "--out", str(tmp_path / "one")), cwd=ROOT, env=env, check=True)
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "cli.main",
+    ]
+    subprocess.run([*torchrun, *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env, check=True)
+    one, two = _losses(tmp_path / "one" / "metrics.csv"), _losses(tmp_path / "two" / "metrics.csv")
+    assert len(one) == len(two) == 4
+    assert one == pytest.approx(two, rel=1e-4)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
