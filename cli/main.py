@@ -315,6 +315,112 @@ def probe_cmd(
     console.print(f"wrote {out}/results.json, results.md, predictions.npz")
 
 
+@main.command("finetune")
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), required=True)
+@click.option("--ckpt", "ckpts", multiple=True, required=True, help="A pretrained checkpoint; repeat to compare.")
+@_data_options
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--max-steps", type=int, default=None, help="Stop each run after N steps (smoke runs).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (head; blocks decay).")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--layer-decay", type=float, default=0.75, show_default=True)
+@click.option("--drop-path", type=float, default=0.1, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--mixup", type=float, default=0.0, show_default=True, help="Mixup alpha (0 = off).")
+@click.option("--cutmix", type=float, default=0.0, show_default=True, help="CutMix alpha (0 = off).")
+@click.option("--trainable-blocks", type=int, default=None, help="Partial fine-tuning: only the last N blocks.")
+@click.option("--kind", default=None, help="Token pooling: data_mean|weight_mean (MINR), patch_mean|cls (MAE).")
+@click.option(
+    "--regime",
+    type=click.Choice(["full", "frozen"]),
+    default="full",
+    show_default=True,
+    help="Segmentation: fine-tune the backbone, or freeze it under a light head.",
+)
+@click.option(
+    "--backbone",
+    "backbones",
+    multiple=True,
+    type=click.Choice(["tokens", "inr"]),
+    help="Segmentation features: transformer tokens, and/or per-pixel INR activations (MINR only).",
+)
+@click.option("--seeds", type=int, default=1, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--resume", is_flag=True, help="Continue interrupted runs in --out.")
+@click.option("--quiet", is_flag=True)
+def finetune_cmd(
+    task,
+    ckpts,
+    dataset,
+    data_root,
+    max_images,
+    epochs,
+    max_steps,
+    batch_size,
+    lr,
+    weight_decay,
+    layer_decay,
+    drop_path,
+    label_smoothing,
+    mixup,
+    cutmix,
+    trainable_blocks,
+    kind,
+    regime,
+    backbones,
+    seeds,
+    device,
+    out,
+    resume,
+    quiet,
+) -> None:
+    """Fine-tune pretrained encoders for classification, or train mmsegmentation heads on them."""
+    data = _data_config(dataset, data_root, max_images)
+    if task == "classification":
+        from finetune.classification import FinetuneConfig, run_finetune
+
+        cfg = FinetuneConfig(
+            ckpts=tuple(ckpts),
+            data=data,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            layer_decay=layer_decay,
+            drop_path=drop_path,
+            label_smoothing=label_smoothing,
+            mixup=mixup,
+            cutmix=cutmix,
+            trainable_blocks=trainable_blocks,
+            kind=kind,
+            seeds=seeds,
+            device=device,
+        )
+        run_finetune(cfg, out, resume=resume, progress=not quiet)
+    else:
+        from finetune.segmentation import SegConfig, run_segmentation
+
+        cfg = SegConfig(
+            ckpts=tuple(ckpts),
+            data_root=dataset,
+            iters=max_steps or 200,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            layer_decay=layer_decay,
+            regime=regime,
+            backbones=tuple(backbones) or ("tokens",),
+            seeds=seeds,
+            device=device,
+            max_images=max_images,
+        )
+        run_segmentation(cfg, out, resume=resume, progress=not quiet)
+    console.print(f"wrote {out}/results.json, results.md")
+
+
 def run() -> None:  # pragma: no cover - console-script entry for `python -m cli.main`
     main(prog_name="minrctl")
 

@@ -30,11 +30,14 @@ def build_model(cfg: PretrainConfig) -> nn.Module:
     return model
 
 
-def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu"):
-    """Rebuild the model from the checkpoint alone. Returns (model in eval mode, config, checkpoint meta)."""
+def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu", **model_args: Any):
+    """Rebuild the model from the checkpoint alone (`model_args` such as drop_path_rate change only how it runs).
+    Returns (model in eval mode, config, checkpoint meta)."""
     ckpt = load_checkpoint(path)
+    if "config" not in ckpt.meta:
+        raise MinrError(f"{path} is a minr checkpoint but not of a pretrained encoder (no pretraining config)")
     cfg = from_dict(PretrainConfig, ckpt.meta["config"])
-    model = build_model(cfg)
+    model = create_model(cfg.model, **{**cfg.model_args, **model_args}) if model_args else build_model(cfg)
     missing, unexpected = model.load_state_dict(ckpt.model_state, strict=False)
     if missing or unexpected:
         raise MinrError(f"{path}: weights do not fit {cfg.model} (missing {missing[:3]}, unexpected {unexpected[:3]})")

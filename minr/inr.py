@@ -36,24 +36,31 @@ def normalize_columns(weight: torch.Tensor) -> torch.Tensor:
 
 
 def render_mlp(
-    x: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor], *, hidden_layer: int | None = None
-) -> torch.Tensor:
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor],
+    *,
+    hidden_layers: tuple[int, ...] | None = None,
+) -> torch.Tensor | list[torch.Tensor]:
     """Run the INR: ReLU between layers, +0.5 on the output (METHOD.md).
 
     x: (Q, F) features shared by the batch, or (B, Q, F). weights[l]: shared (I, O) or per image (B, I, O);
     biases[l]: (O,). Shared layers on a shared input run once for the whole batch. Returns (B, Q, O_last), or
-    with `hidden_layer=k` the ReLU activations after layer k, (B, Q, O_k), for dense per-pixel features.
+    with `hidden_layers` the ReLU activations after those layers, each (B, Q, O_k): dense per-pixel features.
     """
     last = len(weights) - 1
-    batch = next((w.shape[0] for w in weights if w.dim() == 3), None)
+    batch = next((w.shape[0] for w in weights if w.dim() == 3), 1)
+    hidden = []
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         if w.dim() == 2:  # shared weight: one matmul over every (image, point)
             x = torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
         else:  # per-image weight: (B, Q, I) @ (B, I, O); the bias is added inside the matmul
             x = torch.baddbmm(b, x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w)
         if layer < last:
-            x = F.relu(x, inplace=True)
-        if layer == hidden_layer:
-            return x if x.dim() == 3 else x.expand(batch or 1, *x.shape)
+            x = F.relu(x)
+        if hidden_layers is not None and layer in hidden_layers:
+            hidden.append(x if x.dim() == 3 else x.expand(batch, *x.shape))
+            if len(hidden) == len(hidden_layers):
+                return hidden
     out = x + 0.5
-    return out if out.dim() == 3 else out.expand(batch or 1, *out.shape)
+    return out if out.dim() == 3 else out.expand(batch, *out.shape)

@@ -32,7 +32,7 @@ def test_shared_and_per_image_layers_agree():
     per_image = inr.render_mlp(x, [w[0].expand(2, -1, -1), w[1]], b)
     ref = torch.relu(x @ w[0] + b[0]) @ w[1] + b[1] + 0.5
     assert torch.allclose(shared[0], ref, atol=1e-5) and torch.allclose(per_image[1], ref, atol=1e-5)
-    assert inr.render_mlp(x, w, b, hidden_layer=0).shape == (1, 10, 6)
+    assert inr.render_mlp(x, w, b, hidden_layers=(0,))[0].shape == (1, 10, 6)
 
 
 def test_inr_overfits_one_real_image():

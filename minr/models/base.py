@@ -29,6 +29,19 @@ class EncoderMixin:
 
     family: str
     embed_dim: int
+    decoder_prefixes: tuple[str, ...] = ()  # parameters that only serve pretraining (decoders, INR heads)
+
+    def is_encoder_parameter(self, name: str) -> bool:
+        """Whether a parameter is part of the encoder that evaluators use (not of the pretraining decoder)."""
+        return not name.startswith(self.decoder_prefixes)
+
+    def layer_id(self, name: str) -> int:
+        """For layer-wise learning-rate decay: 0 for embeddings and tokens, i + 1 for block i, depth + 1 after."""
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        if name.startswith(("norm.", "fc_norm.", "head.")):
+            return len(self.blocks) + 1  # type: ignore[attr-defined]
+        return 0
 
     def token_groups(self) -> dict[str, slice]:
         raise NotImplementedError

@@ -14,7 +14,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -25,6 +25,7 @@ from minr.models.base import EncoderMixin, PretrainOutput
 
 class HyperINR(EncoderMixin, nn.Module):
     family = "minr"
+    decoder_prefixes = ("heads.", "base_weights.", "biases.", "ginr_v", "freqs")
 
     def __init__(
         self,
@@ -96,13 +97,22 @@ class HyperINR(EncoderMixin, nn.Module):
             nn.init.uniform_(b, -bound, bound)
 
     def token_groups(self) -> dict[str, slice]:
-        return {"data": slice(0, self.num_data_tokens), "weight": slice(self.num_data_tokens, None)}
+        return {"data": slice(0, -self.num_weight_tokens), "weight": slice(-self.num_weight_tokens, None)}
 
     # -- encode -------------------------------------------------------------------------------------------
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N + T, D): data tokens with positions, then the learned weight tokens."""
-        data = self.tokenizer(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        grid = self.tokenizer(x)  # (B, D, h, w)
+        pos = self.pos_embed
+        if grid.shape[-2] * grid.shape[-1] != self.num_data_tokens:  # another input size: resample positions
+            pos = resample_abs_pos_embed(pos, list(grid.shape[-2:]), num_prefix_tokens=0)
+        data = grid.flatten(2).transpose(1, 2) + pos  # (B, N, D)
         return torch.cat([data, self.weight_tokens.expand(x.shape[0], -1, -1)], dim=1)
+
+    def data_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """(h, w) of the data-token grid for an input of x's size."""
+        p, pad = self.tokenizer.kernel_size[0], self.tokenizer.padding[0]
+        return tuple((s + 2 * pad - p) // p + 1 for s in x.shape[-2:])
 
     def _block_outputs(
         self, x: torch.Tensor, mask: torch.Tensor | None, mask_patch: int, keep: set[int]
@@ -127,7 +137,7 @@ class HyperINR(EncoderMixin, nn.Module):
     def modulations(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, N + T, D) -> the predicted modulation of each instance-specific layer, (B, G, I): TransINR's
         per-layer factors before tiling, GINR's U_n. Also a feature for probes."""
-        wt = tokens[:, self.num_data_tokens :].float()  # (B, T, D)
+        wt = tokens[:, -self.num_weight_tokens :].float()  # (B, T, D)
         starts = [0, *itertools.accumulate(self.token_counts)]
         return [head(wt[:, a:b]) for head, a, b in zip(self.heads, starts[:-1], starts[1:], strict=True)]
 
@@ -144,12 +154,19 @@ class HyperINR(EncoderMixin, nn.Module):
         weights[1] = inr.normalize_columns(mods[0] @ self.ginr_v)  # (B, I, O); layer 2's base weight is unused
         return weights
 
-    def render(
-        self, coords: torch.Tensor, weights: list[torch.Tensor], *, hidden_layer: int | None = None
-    ) -> torch.Tensor:
-        """(Q, 2) coordinates + predicted weights -> (B, Q, C) colours (or hidden activations of a layer)."""
+    def render(self, coords: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+        """(Q, 2) coordinates + predicted weights -> (B, Q, C) colours."""
         feats = inr.fourier_features(coords, self.freqs.float())  # (Q, F)
-        return inr.render_mlp(feats, weights, list(self.biases), hidden_layer=hidden_layer)
+        return inr.render_mlp(feats, weights, list(self.biases))
+
+    def pixel_features(self, x: torch.Tensor, layers: tuple[int, ...] = (3,)) -> list[torch.Tensor]:
+        """Dense per-pixel features: the INR predicted from the (unmasked) image x, rendered at every pixel centre,
+        returning the hidden activations after `layers`. (B, C, H, W) -> [(B, hidden, H, W)]."""
+        H, W = x.shape[-2:]
+        weights = self.predict_weights(self.encode(x))
+        feats = inr.fourier_features(inr.coord_grid(H, W, device=x.device), self.freqs.float())
+        hidden = inr.render_mlp(feats, weights, list(self.biases), hidden_layers=layers)  # [(B, Q, hidden)]
+        return [h.transpose(1, 2).reshape(len(x), -1, H, W) for h in hidden]
 
     def reconstruct(
         self, images: torch.Tensor, mask: torch.Tensor | None, mask_patch: int, size: int | None = None

@@ -40,6 +40,7 @@ def _sincos(grid: int, dim: int) -> torch.Tensor:
 
 class MAE(EncoderMixin, nn.Module):
     family = "mae"
+    decoder_prefixes = ("decoder_", "mask_token")
 
     def __init__(
         self,
@@ -63,7 +64,7 @@ class MAE(EncoderMixin, nn.Module):
         self.image_size, self.in_chans, self.patch_size, self.embed_dim = image_size, in_chans, patch_size, embed_dim
         self.norm_pix_loss = norm_pix_loss
         norm = partial(nn.LayerNorm, eps=1e-6)
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim)
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         grid, L = image_size // patch_size, (image_size // patch_size) ** 2
         self.num_patches = L
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -98,6 +99,16 @@ class MAE(EncoderMixin, nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def data_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+
+    def _patch_pos(self, x: torch.Tensor) -> torch.Tensor:
+        """Fixed sin-cos positions of the patch grid; rebuilt exactly for another input size."""
+        gh, gw = self.data_grid(x)
+        if gh * gw == self.num_patches:
+            return self.pos_embed[:, 1:]
+        return build_sincos2d_pos_embed([gh, gw], dim=self.embed_dim).to(x.device, x.dtype)[None]
+
     def token_groups(self) -> dict[str, slice]:
         return {"cls": slice(0, 1), "patch": slice(1, None)}
 
@@ -105,7 +116,7 @@ class MAE(EncoderMixin, nn.Module):
     def _embed(self, x: torch.Tensor, mask: torch.Tensor | None):
         """Patch tokens of the visible patches, cls first. Returns (tokens (B, 1+K, D), ids_restore (B, L) or
         None, attention mask (B, 1, 1, 1+K) or None when every image keeps the same number of patches)."""
-        tokens = self.patch_embed(x) + self.pos_embed[:, 1:]  # (B, L, D)
+        tokens = self.patch_embed(x) + self._patch_pos(x)  # (B, L, D)
         ids_restore = attn = None
         if mask is not None:
             flat = mask.flatten(1)  # (B, L) True = masked

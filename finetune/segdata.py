@@ -1,0 +1,176 @@
+"""Segmentation datasets through mmseg's own dataset classes and pipeline, with checks that name the bad file.
+
+Names: `fashion-scenes:PATH` (from `minrctl data make-fashion-scenes`), `ade20k:PATH` (mmseg's
+`ADEChallengeData2016` layout, label 0 = ignore), `seg:PATH` (any `img_dir/{train,val}` + `ann_dir/{train,val}`
+folder; classes from `classes.json` or `classes.txt`, else from the largest label).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mmcv.transforms import BaseTransform
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+from mmseg.datasets import ADE20KDataset, BaseSegDataset
+from mmseg.registry import TRANSFORMS
+from PIL import Image
+
+from minr.errors import MinrError
+
+IMG_SUFFIXES = (".png", ".jpg", ".jpeg")
+init_default_scope("mmseg")  # pipeline and model names resolve in mmseg's registries
+MMLogger.get_current_instance().setLevel(logging.WARNING)  # it logs every parameter's init at INFO
+
+
+@TRANSFORMS.register_module()
+class CheckSegLabels(BaseTransform):
+    """Fails with the annotation's path when a label is neither a class nor the ignore index."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+
+    def transform(self, results: dict) -> dict:
+        seg = results["gt_seg_map"]
+        bad = seg[(seg >= self.num_classes) & (seg != self.ignore_index)]
+        if bad.size:
+            raise MinrError(
+                f"annotation {results['seg_map_path']} has label {int(bad.max())} but the dataset has "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}, {self.ignore_index} = ignore)"
+            )
+        if seg.shape[:2] != results["img"].shape[:2]:
+            raise MinrError(
+                f"annotation {results['seg_map_path']} is {seg.shape[1]}x{seg.shape[0]} but its image is "
+                f"{results['img'].shape[1]}x{results['img'].shape[0]}"
+            )
+        return results
+
+
+@dataclass(frozen=True)
+class SegDatasetInfo:
+    kind: str
+    root: Path
+    classes: tuple[str, ...]
+    img_dirs: dict[str, str]
+    ann_dirs: dict[str, str]
+    img_suffix: str
+    reduce_zero_label: bool = False
+
+
+def resolve(name: str) -> SegDatasetInfo:
+    kind, sep, path = name.partition(":")
+    if not sep:
+        kind, path = "seg", name
+    if kind not in ("fashion-scenes", "ade20k", "seg"):
+        raise MinrError(f"unknown segmentation dataset {name!r}; use fashion-scenes:PATH, ade20k:PATH or seg:PATH")
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise MinrError(f"segmentation data folder {root} does not exist")
+    if kind == "ade20k":
+        base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+        info = SegDatasetInfo(
+            "ade20k",
+            base,
+            tuple(ADE20KDataset.METAINFO["classes"]),
+            {"train": "images/training", "val": "images/validation"},
+            {"train": "annotations/training", "val": "annotations/validation"},
+            ".jpg",
+            True,
+        )
+    else:
+        dirs = {s: f"img_dir/{s}" for s in ("train", "val")}
+        info = SegDatasetInfo(
+            kind, root, (), dirs, {s: f"ann_dir/{s}" for s in ("train", "val")}, _suffix(root / dirs["train"])
+        )
+        info = SegDatasetInfo(**{**info.__dict__, "classes": _classes(root, info)})
+    for split in ("train", "val"):
+        check_pairs(info, split)
+    return info
+
+
+def _suffix(folder: Path) -> str:
+    if not folder.is_dir():
+        raise MinrError(f"{folder} is missing; expected the mmseg layout img_dir/{{train,val}} + ann_dir/{{train,val}}")
+    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.suffix.lower() in IMG_SUFFIXES}
+    if not suffixes:
+        raise MinrError(f"no images (.png/.jpg) in {folder}")
+    return sorted(suffixes)[0]
+
+
+def _classes(root: Path, info: SegDatasetInfo) -> tuple[str, ...]:
+    if (root / "classes.json").is_file():
+        return tuple(json.loads((root / "classes.json").read_text())["classes"])
+    if (root / "classes.txt").is_file():
+        return tuple(ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip())
+    top = 0
+    for p in (root / info.ann_dirs["train"]).glob("*.png"):
+        a = np.asarray(Image.open(p))
+        top = max(top, int(a[a != 255].max(initial=0)))
+    return tuple(str(i) for i in range(top + 1))
+
+
+def check_pairs(info: SegDatasetInfo, split: str) -> None:
+    """Every image has its annotation (same stem, .png) and the reverse, with the same size."""
+    img_dir, ann_dir = info.root / info.img_dirs[split], info.root / info.ann_dirs[split]
+    for d in (img_dir, ann_dir):
+        if not d.is_dir():
+            raise MinrError(f"{d} is missing; expected the {info.kind} layout")
+    imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in IMG_SUFFIXES}
+    anns = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
+    for stem in sorted(imgs.keys() - anns.keys())[:1]:
+        raise MinrError(f"image {imgs[stem]} has no annotation {ann_dir / (stem + '.png')}")
+    for stem in sorted(anns.keys() - imgs.keys())[:1]:
+        raise MinrError(f"annotation {anns[stem]} has no image in {img_dir}")
+    if not imgs:
+        raise MinrError(f"no images in {img_dir}")
+    for stem in sorted(imgs):
+        with Image.open(imgs[stem]) as a, Image.open(anns[stem]) as b:
+            if a.size != b.size:
+                raise MinrError(
+                    f"annotation {anns[stem]} is {b.size[0]}x{b.size[1]} but image {imgs[stem]} is "
+                    f"{a.size[0]}x{a.size[1]}"
+                )
+
+
+def build_dataset(
+    info: SegDatasetInfo, split: str, *, in_chans: int, max_images: int | None = None, crop: int | None = None
+) -> BaseSegDataset:
+    """mmseg's dataset class and pipeline; `crop` enables mmseg's random resize/crop/flip for large images."""
+    load = dict(type="LoadImageFromFile", color_type="grayscale" if in_chans == 1 else "color")
+    pipeline = [
+        load,
+        dict(type="LoadAnnotations", reduce_zero_label=info.reduce_zero_label),
+        dict(type="CheckSegLabels", num_classes=len(info.classes)),
+    ]
+    if crop and split == "train":
+        pipeline += [
+            dict(type="RandomResize", scale=(4 * crop, crop), ratio_range=(0.5, 2.0), keep_ratio=True),
+            dict(type="RandomCrop", crop_size=(crop, crop), cat_max_ratio=0.75),
+            dict(type="RandomFlip", prob=0.5),
+        ]
+    elif crop:
+        pipeline.append(dict(type="Resize", scale=(4 * crop, crop), keep_ratio=True))
+    pipeline.append(dict(type="PackSegInputs"))
+    cls = ADE20KDataset if info.kind == "ade20k" else BaseSegDataset
+    kwargs = (
+        {}
+        if info.kind == "ade20k"
+        else {
+            "metainfo": {"classes": info.classes},
+            "img_suffix": info.img_suffix,
+            "seg_map_suffix": ".png",
+            "reduce_zero_label": False,
+        }
+    )
+    return cls(
+        data_root=str(info.root),
+        data_prefix={"img_path": info.img_dirs[split], "seg_map_path": info.ann_dirs[split]},
+        pipeline=pipeline,
+        indices=max_images,
+        serialize_data=False,
+        **kwargs,
+    )
