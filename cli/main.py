@@ -322,7 +322,7 @@ def probe_cmd(
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--max-steps", type=int, default=None, help="Stop each run after N steps (smoke runs).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (head; blocks decay).")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Base learning rate (head; blocks decay).")
 @click.option("--weight-decay", type=float, default=0.05, show_default=True)
 @click.option("--layer-decay", type=float, default=0.75, show_default=True)
 @click.option("--drop-path", type=float, default=0.1, show_default=True)
@@ -419,6 +419,38 @@ def finetune_cmd(
         )
         run_segmentation(cfg, out, resume=resume, progress=not quiet)
     console.print(f"wrote {out}/results.json, results.md")
+
+
+@main.command("export")
+@click.argument("ckpt")
+@click.option("--to", "target", type=click.Choice(["mmseg", "timm"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+def export_cmd(ckpt: str, target: str, out: str) -> None:
+    """Write a pretrained encoder for mmseg (weights + UPerNet/ADE20K config) or timm (MAE only)."""
+    from finetune.export import export
+
+    for what, path in export(ckpt, out, to=target).items():
+        console.print(f"wrote {what}: {path}")
+
+
+@main.group("data")
+def data_group() -> None:
+    """Make datasets."""
+
+
+@data_group.command("make-fashion-scenes")
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@click.option("--n-train", type=int, default=2000, show_default=True)
+@click.option("--n-val", type=int, default=400, show_default=True)
+@click.option("--size", type=int, default=56, show_default=True, help="Canvas side in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
+def make_scenes_cmd(out, n_train, n_val, size, seed, data_root) -> None:
+    """Segmentation scenes of 2-4 Fashion-MNIST garments, in mmseg's img_dir/ann_dir layout."""
+    from finetune.scenes import make_fashion_scenes
+
+    path = make_fashion_scenes(out, n_train=n_train, n_val=n_val, size=size, seed=seed, data_root=data_root)
+    console.print(f"wrote {n_train} train and {n_val} val scenes to {path} (use --dataset fashion-scenes:{path})")
 
 
 def run() -> None:  # pragma: no cover - console-script entry for `python -m cli.main`

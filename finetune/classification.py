@@ -35,7 +35,7 @@ class FinetuneConfig:
     epochs: int = 3
     max_steps: int | None = None
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.05
     layer_decay: float = 0.75
     warmup_fraction: float = 0.1

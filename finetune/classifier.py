@@ -12,7 +12,7 @@ TOKEN_KINDS = {"minr": ("data_mean", "weight_mean"), "mae": ("patch_mean", "cls"
 
 
 class EncoderClassifier(nn.Module):
-    """encoder.forward_features -> pooled feature (`kind`) -> LayerNorm -> Linear. (B, C, H, W) -> (B, classes)."""
+    """forward_features -> pooled tokens (`kind`) -> LayerNorm -> BatchNorm -> Linear: (B, C, H, W) -> (B, classes)."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, *, kind: str) -> None:
         super().__init__()
@@ -22,7 +22,11 @@ class EncoderClassifier(nn.Module):
                 f" for {encoder.family} encoders, got {kind!r}"
             )
         self.encoder, self.kind = encoder, kind
-        self.fc_norm = nn.LayerNorm(encoder.embed_dim)
+        # LayerNorm as MAE's fine-tuning head, then MAE linear probing's affine-free BatchNorm: pooled tokens vary
+        # little between images, and standardising each dimension lets the head learn in few steps.
+        self.fc_norm = nn.Sequential(
+            nn.LayerNorm(encoder.embed_dim), nn.BatchNorm1d(encoder.embed_dim, affine=False, eps=1e-6)
+        )
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
         nn.init.zeros_(self.head.bias)

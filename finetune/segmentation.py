@@ -368,7 +368,8 @@ def _seg_entry(name: str, ckpt: str, family: str, runs: list[dict[str, Any]]) ->
         "aAcc": runs[0]["aAcc"] / 100,
         "per_class_IoU": runs[0]["per_class_IoU"],
         "train_images_per_s": runs[0]["train_images_per_s"],
-        "first_loss": runs[0]["losses"][0],
-        "last_loss": float(np.mean(runs[0]["losses"][-10:])),
+        # losses of this session only: a resumed run that had finished has none
+        "first_loss": runs[0]["losses"][0] if runs[0]["losses"] else None,
+        "last_loss": float(np.mean(runs[0]["losses"][-10:])) if runs[0]["losses"] else None,
         "_runs": runs,
     }

@@ -28,17 +28,27 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture(scope="session")
-def fashion_small(tmp_path_factory) -> Path:
-    """The first 640 training and 200 test images of the real Fashion-MNIST, as IDX files in a folder."""
+def _fashion_subset(tmp_path_factory, n_train: int, n_test: int) -> Path:
     src = Path(DEBIAN_FASHION_MNIST)
     if not (src / "train-images-idx3-ubyte.gz").exists():
         pytest.fail(f"Fashion-MNIST is missing from {src}: run `apt-get install -y dataset-fashion-mnist`")
     out = tmp_path_factory.mktemp("fashion")
-    for prefix, n in (("train", 640), ("t10k", 200)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         write_idx(out / f"{prefix}-images-idx3-ubyte.gz", _read_idx(src / f"{prefix}-images-idx3-ubyte.gz")[:n])
         write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", _read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")[:n])
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_small(tmp_path_factory) -> Path:
+    """The first 640 training and 200 test images of the real Fashion-MNIST, as IDX files in a folder."""
+    return _fashion_subset(tmp_path_factory, 640, 200)
+
+
+@pytest.fixture(scope="session")
+def fashion_mid(tmp_path_factory) -> Path:
+    """The first 2,400 training and 500 test images of the real Fashion-MNIST."""
+    return _fashion_subset(tmp_path_factory, 2400, 500)
 
 
 def photo_crops(n: int, size: int = 40) -> list[np.ndarray]:

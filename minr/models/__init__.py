@@ -116,6 +116,10 @@ _MINR_TINY = dict(
 )
 
 
+# GINR's transformer has q/k/v biases and residual dropout 0.1; its code holds the frequencies as a frozen parameter
+_GINR_ARCH = dict(variant="ginr", qkv_bias=True, drop=0.1, fourier_trainable=False)
+
+
 @register_model(_TRANSINR, "TransINR hypernetwork, 182 px RGB (44.5 M)")
 def transinr_paper(**kw: Any) -> HyperINR:
     return HyperINR(**{**_MINR_PAPER, "variant": "transinr", "fourier_sigma": 1024, **kw})
@@ -123,17 +127,7 @@ def transinr_paper(**kw: Any) -> HyperINR:
 
 @register_model(_GINR, "GINR hypernetwork, 182 px RGB (43.7 M)")
 def ginr_paper(**kw: Any) -> HyperINR:
-    return HyperINR(
-        **{
-            **_MINR_PAPER,
-            "variant": "ginr",
-            "qkv_bias": True,
-            "drop": 0.1,
-            "fourier_sigma": 128,
-            "fourier_trainable": False,
-            **kw,
-        }
-    )
+    return HyperINR(**{**_MINR_PAPER, **_GINR_ARCH, "fourier_sigma": 128, **kw})
 
 
 @register_model({**_TRANSINR, **_TINY, "optim.lr": 1e-3}, "TransINR, 28 px grayscale, for CPU runs")
@@ -143,17 +137,7 @@ def transinr_tiny(**kw: Any) -> HyperINR:
 
 @register_model({**_GINR, **_TINY, "optim.lr": 1e-3}, "GINR, 28 px grayscale, for CPU runs")
 def ginr_tiny(**kw: Any) -> HyperINR:
-    return HyperINR(
-        **{
-            **_MINR_TINY,
-            "variant": "ginr",
-            "qkv_bias": True,
-            "drop": 0.1,
-            "fourier_sigma": 32,
-            "fourier_trainable": False,
-            **kw,
-        }
-    )
+    return HyperINR(**{**_MINR_TINY, **_GINR_ARCH, "fourier_sigma": 32, **kw})
 
 
 # -- MAE --------------------------------------------------------------------------------------------------

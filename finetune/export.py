@@ -1,0 +1,273 @@
+"""`minrctl export CKPT --to mmseg|timm`: hand a pretrained encoder to the wider ecosystem.
+
+mmseg: MAE becomes mmseg's own `MAE` backbone (keys converted beit2mmseg-style; its layer scales and relative
+position bias, absent in MAE, are written as the identity: ones and zeros); MINR becomes minr's registered
+`MinrBackbone` (the config imports it). Either way the weights are checked against the backbone that mmseg
+builds from the written config (no missing, no unexpected keys) before anything is written, and a ready
+UPerNet / ADE20K / 512-crop config with the MAE schedule is written beside them.
+timm: MAE loads into `timm.models.VisionTransformer` with strict=True; MINR has no timm architecture.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+import finetune  # noqa: F401  (mmcv.ops stand-in before mmseg)
+from finetune.segmentation import NORM, out_indices
+from minr.build import model_from_checkpoint
+from minr.checkpoint import atomic_write_bytes, atomic_write_text
+from minr.errors import MinrError
+
+_MAE_KEYS = [
+    (r"^patch_embed\.proj\.", "patch_embed.projection."),
+    (r"^blocks\.", "layers."),
+    (r"\.norm1\.", ".ln1."),
+    (r"\.norm2\.", ".ln2."),
+    (r"\.mlp\.fc1\.", ".ffn.layers.0.0."),
+    (r"\.mlp\.fc2\.", ".ffn.layers.1."),
+]
+_IDENTITY = re.compile(r"(gamma_[12]|relative_position_bias_table|relative_position_index)$")
+
+
+def mae_to_mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm/MAE encoder keys -> mmseg MAE backbone keys (decoder and final norm dropped: final_norm=False)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith(("decoder_", "mask_token", "norm.")):
+            continue
+        for pattern, repl in _MAE_KEYS:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
+def _backbone_cfg(model, weights: str) -> dict[str, Any]:
+    depth = len(model.blocks)
+    init = {"type": "Pretrained", "checkpoint": weights}
+    if model.family == "mae":
+        return {
+            "type": "MAE",
+            "img_size": (512, 512),
+            "patch_size": model.patch_size,
+            "in_channels": model.in_chans,
+            "embed_dims": model.embed_dim,
+            "num_layers": depth,
+            "num_heads": model.blocks[0].attn.num_heads,
+            "mlp_ratio": 4,
+            "norm_cfg": {"type": "LN", "eps": 1e-6},  # MAE's LayerNorm eps (mmseg defaults to 1e-5)
+            "init_values": 1.0,
+            "drop_path_rate": 0.1,
+            "out_indices": list(out_indices(depth)),
+            "init_cfg": init,
+        }
+    return {
+        "type": "MinrBackbone",
+        "model_name": model.model_name,
+        "model_args": model.model_args,
+        "out_indices": list(out_indices(depth)),
+        "feature": "tokens",
+        "drop_path_rate": 0.1,
+        "init_cfg": init,
+    }
+
+
+def mmseg_config(model, weights: str) -> dict[str, Any]:
+    """UPerNet on ADE20K, 512 crop, AdamW lr 1e-4 wd 0.05 layer decay 0.65, 1,500 warm-up iters then poly,
+    160k iterations, batch 16 (mmseg's mae-base_upernet_8xb2-amp-160k_ade20k-512x512)."""
+    d, c = model.embed_dim, model.in_chans
+    ce = {"type": "CrossEntropyLoss", "use_sigmoid": False}
+    head = {"num_classes": 150, "norm_cfg": NORM, "align_corners": False}
+    train_pipe = [
+        {"type": "LoadImageFromFile"},
+        {"type": "LoadAnnotations", "reduce_zero_label": True},
+        {"type": "RandomResize", "scale": (2048, 512), "ratio_range": (0.5, 2.0), "keep_ratio": True},
+        {"type": "RandomCrop", "crop_size": (512, 512), "cat_max_ratio": 0.75},
+        {"type": "RandomFlip", "prob": 0.5},
+        {"type": "PhotoMetricDistortion"},
+        {"type": "PackSegInputs"},
+    ]
+    test_pipe = [
+        {"type": "LoadImageFromFile"},
+        {"type": "Resize", "scale": (2048, 512), "keep_ratio": True},
+        {"type": "LoadAnnotations", "reduce_zero_label": True},
+        {"type": "PackSegInputs"},
+    ]
+
+    def loader(split: str, pipe: list, batch: int, shuffle: bool) -> dict[str, Any]:
+        return {
+            "batch_size": batch,
+            "num_workers": 4,
+            "persistent_workers": True,
+            "sampler": {"type": "InfiniteSampler" if shuffle else "DefaultSampler", "shuffle": shuffle},
+            "dataset": {
+                "type": "ADE20KDataset",
+                "data_root": "data/ade/ADEChallengeData2016",
+                "data_prefix": {"img_path": f"images/{split}", "seg_map_path": f"annotations/{split}"},
+                "pipeline": pipe,
+            },
+        }
+
+    cfg = {
+        "default_scope": "mmseg",
+        "model": {
+            "type": "EncoderDecoder",
+            "backbone": _backbone_cfg(model, weights),
+            "data_preprocessor": {
+                "type": "SegDataPreProcessor",
+                "mean": [123.675, 116.28, 103.53][:c],
+                "std": [58.395, 57.12, 57.375][:c],
+                "bgr_to_rgb": True,
+                "pad_val": 0,
+                "seg_pad_val": 255,
+                "size": (512, 512),
+            },
+            "neck": {"type": "Feature2Pyramid", "embed_dim": d, "rescales": [4, 2, 1, 0.5], "norm_cfg": NORM},
+            "decode_head": {
+                "type": "UPerHead",
+                "in_channels": [d] * 4,
+                "in_index": [0, 1, 2, 3],
+                "pool_scales": (1, 2, 3, 6),
+                "channels": 768,
+                "dropout_ratio": 0.1,
+                "loss_decode": {**ce, "loss_weight": 1.0},
+                **head,
+            },
+            "auxiliary_head": {
+                "type": "FCNHead",
+                "in_channels": d,
+                "in_index": 2,
+                "channels": 256,
+                "num_convs": 1,
+                "concat_input": False,
+                "dropout_ratio": 0.1,
+                "loss_decode": {**ce, "loss_weight": 0.4},
+                **head,
+            },
+            "train_cfg": {},
+            "test_cfg": {"mode": "whole"},
+        },
+        "train_dataloader": loader("training", train_pipe, 2, True),
+        "val_dataloader": loader("validation", test_pipe, 1, False),
+        "test_dataloader": loader("validation", test_pipe, 1, False),
+        "val_evaluator": {"type": "IoUMetric", "iou_metrics": ["mIoU"]},
+        "test_evaluator": {"type": "IoUMetric", "iou_metrics": ["mIoU"]},
+        "optim_wrapper": {
+            "type": "AmpOptimWrapper",
+            "optimizer": {"type": "AdamW", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.05},
+            "constructor": "LayerDecayOptimizerConstructor",
+            "paramwise_cfg": {"num_layers": len(model.blocks), "layer_decay_rate": 0.65},
+        },
+        "param_scheduler": [
+            {"type": "LinearLR", "start_factor": 1e-6, "by_epoch": False, "begin": 0, "end": 1500},
+            {"type": "PolyLR", "power": 1.0, "begin": 1500, "end": 160000, "eta_min": 0.0, "by_epoch": False},
+        ],
+        "train_cfg": {"type": "IterBasedTrainLoop", "max_iters": 160000, "val_interval": 16000},
+        "val_cfg": {"type": "ValLoop"},
+        "test_cfg": {"type": "TestLoop"},
+        "default_hooks": {
+            "checkpoint": {"type": "CheckpointHook", "by_epoch": False, "interval": 16000},
+            "logger": {"type": "LoggerHook", "interval": 50},
+        },
+        "env_cfg": {"dist_cfg": {"backend": "nccl"}},
+    }
+    if model.family == "minr":  # mmseg must import minr's backbone; mmseg's layer decay needs its own naming
+        cfg["custom_imports"] = {"imports": ["finetune.seg_backbone"], "allow_failed_imports": False}
+        cfg["optim_wrapper"].pop("constructor")
+        cfg["optim_wrapper"].pop("paramwise_cfg")
+    return cfg
+
+
+def _mmseg_weights(model) -> dict[str, torch.Tensor]:
+    """Backbone weights in mmseg's names, checked against the backbone that mmseg builds."""
+    from mmseg.registry import MODELS
+
+    cfg = _backbone_cfg(model, "")
+    cfg.pop("init_cfg")
+    if model.family == "mae":
+        cfg["img_size"] = (model.image_size, model.image_size)
+    target = MODELS.build(cfg).state_dict()
+    if model.family == "mae":
+        weights = mae_to_mmseg_keys(model.state_dict())
+        for k, v in target.items():  # identity for BEiT-only parts: layer scale 1, relative position bias 0
+            if k not in weights and _IDENTITY.search(k):
+                weights[k] = v if k.endswith("index") else (torch.ones_like(v) if "gamma" in k else torch.zeros_like(v))
+    else:
+        weights = {f"encoder.{k}": v for k, v in model.state_dict().items()}
+    missing, unexpected = sorted(target.keys() - weights.keys()), sorted(weights.keys() - target.keys())
+    bad = [k for k in missing + unexpected if not k.startswith("encoder.") or model.is_encoder_parameter(k[8:])]
+    if bad:
+        raise MinrError(
+            f"export: backbone keys do not match mmseg's (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); nothing was written"
+        )
+    shapes = [k for k in weights if k in target and weights[k].shape != target[k].shape]
+    if shapes:
+        raise MinrError(f"export: shape mismatch for {shapes[0]}; nothing was written")
+    return {k: v.detach().clone().contiguous() for k, v in weights.items()}
+
+
+def export(ckpt: str, out_dir: str | Path, *, to: str) -> dict[str, str]:
+    model, cfg, meta = model_from_checkpoint(ckpt)
+    model.model_name, model.model_args = cfg.model, cfg.model_args
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if to == "timm":
+        return _export_timm(model, out)
+    if to != "mmseg":
+        raise MinrError(f"--to must be mmseg or timm, got {to!r}")
+    weights = _mmseg_weights(model)
+    buf = io.BytesIO()
+    torch.save(weights, buf)  # plain tensors: loads with torch.load(weights_only=True), as mmengine does
+    weights_path = out / "backbone.pth"
+    atomic_write_bytes(weights_path, buf.getvalue())
+    from mmengine.config import Config
+
+    config_path = out / f"{cfg.model}_upernet_ade20k-512x512.py"
+    atomic_write_text(config_path, Config(mmseg_config(model, str(weights_path.resolve()))).pretty_text)
+    return {"weights": str(weights_path), "config": str(config_path)}
+
+
+def timm_kwargs(model) -> dict[str, Any]:
+    return {
+        "img_size": model.image_size,
+        "patch_size": model.patch_size,
+        "in_chans": model.in_chans,
+        "embed_dim": model.embed_dim,
+        "depth": len(model.blocks),
+        "num_heads": model.blocks[0].attn.num_heads,
+        "mlp_ratio": 4.0,
+        "qkv_bias": True,
+        "num_classes": 0,
+        "global_pool": "token",
+    }
+
+
+def _export_timm(model, out: Path) -> dict[str, str]:
+    if model.family != "mae":
+        raise MinrError(
+            "--to timm: MINR hypernetworks (padded tokenizer, weight tokens, INR heads) have no timm "
+            "architecture; use --to mmseg, or the encoder through minr's own interface"
+        )
+    from functools import partial
+
+    from timm.models.vision_transformer import VisionTransformer
+
+    weights = {k: v.contiguous() for k, v in model.state_dict().items() if model.is_encoder_parameter(k)}
+    vit = VisionTransformer(**timm_kwargs(model), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    vit.load_state_dict(weights, strict=True)  # refuses before writing when anything differs
+    path = out / "model.safetensors"
+    tmp = out / ".model.safetensors.tmp"
+    save_file(weights, str(tmp))
+    tmp.replace(path)
+    atomic_write_text(
+        out / "timm_config.json",
+        json.dumps({"architecture": "VisionTransformer", "kwargs": timm_kwargs(model), "norm_eps": 1e-6}, indent=2),
+    )
+    return {"weights": str(path), "config": str(out / "timm_config.json")}

@@ -1,0 +1,257 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import finetune  # noqa: F401  (mmcv.ops stand-in)
+from cli.main import main
+from finetune import segdata
+from finetune.scenes import make_fashion_scenes
+from finetune.seg_backbone import MinrBackbone
+from finetune.segmentation import SegConfig, build_segmentor, evaluate, train_segmentor
+from minr.errors import MinrError
+from minr.models import list_models
+from tests.conftest import ROOT, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seg")
+    return {m: make_checkpoint(m, d / m / "checkpoint.safetensors") for m in ("ginr_tiny", "transinr_tiny", "mae_tiny")}
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory, fashion_small):
+    return make_fashion_scenes(
+        tmp_path_factory.mktemp("scenes"), n_train=48, n_val=16, size=56, data_root=str(fashion_small)
+    )
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_compat_module_lets_mmseg_import_and_is_inert_with_full_mmcv():
+    r = _run(
+        "import finetune, sys, mmseg.models, mmseg.datasets, mmseg.evaluation\n"
+        "print(getattr(sys.modules['mmcv.ops'], '__minr_shim__', False))"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "True"
+    # with compiled ops present (simulated), nothing is replaced
+    r = _run(
+        "import sys, types\nsys.modules['mmcv._ext'] = types.ModuleType('mmcv._ext')\n"
+        "from finetune import mmcv_compat\nprint(mmcv_compat.install(), 'mmcv.ops' in sys.modules)"
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_focal_loss_matches_mmseg_reference():
+    from mmseg.models.losses.focal_loss import py_sigmoid_focal_loss
+
+    from finetune.mmcv_compat import sigmoid_focal_loss
+
+    logits, target = torch.randn(20, 5), torch.randint(0, 6, (20,))
+    one_hot = torch.nn.functional.one_hot(target, 6)[:, :5]
+    ref = py_sigmoid_focal_loss(logits, one_hot, gamma=2.0, alpha=0.25, reduction="none")
+    assert torch.allclose(sigmoid_focal_loss(logits, target, 2.0, 0.25, None, "none"), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_adapter_gives_feature2pyramid_its_shapes(name):
+    """Every registered encoder: four (B, D, h, w) levels on the token grid, which Feature2Pyramid turns into
+    strides 4, 8, 16, 32 of a patch-16 ViT (here: 1x, 2x, 4x, 8x of the token stride)."""
+    from mmseg.models.necks import Feature2Pyramid
+
+    from finetune.segmentation import out_indices
+
+    with torch.device("meta"):
+        bb = MinrBackbone(model_name=name, out_indices=out_indices(len_blocks(name)))
+        size = bb.encoder.image_size
+        feats = bb(torch.zeros(2, bb.encoder.in_chans, size, size))
+        h, w = bb.encoder.data_grid(torch.zeros(1, 1, size, size))
+        assert [f.shape for f in feats] == [(2, bb.encoder.embed_dim, h, w)] * 4
+        neck = Feature2Pyramid(bb.encoder.embed_dim, norm_cfg={"type": "BN"})
+        pyramid = neck(feats)
+    assert [p.shape[-1] for p in pyramid] == [4 * w, 2 * w, w, w // 2]
+
+
+def len_blocks(name):
+    from minr.models import create_model
+
+    with torch.device("meta"):
+        return len(create_model(name).blocks)
+
+
+def test_inr_pixel_features_are_dense(ckpts):
+    bb = MinrBackbone(ckpt=str(ckpts["transinr_tiny"]), out_indices=(0, 3), feature="inr")
+    feats = bb(torch.rand(2, 1, 56, 56))
+    assert [f.shape for f in feats] == [(2, 64, 56, 56)] * 2
+    with pytest.raises(MinrError, match="MINR checkpoint"):
+        MinrBackbone(ckpt=str(ckpts["mae_tiny"]), feature="inr")
+    with pytest.raises(MinrError, match="do not exist"):
+        MinrBackbone(ckpt=str(ckpts["mae_tiny"]), out_indices=(7,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, regime", [("ginr_tiny", "full"), ("mae_tiny", "frozen")])
+def test_upernet_training_lowers_the_loss(model, regime, ckpts, scenes, tmp_path):
+    info = segdata.resolve(f"fashion-scenes:{scenes}")
+    train = segdata.build_dataset(info, "train", in_chans=1)
+    cfg = SegConfig(ckpts=(str(ckpts[model]),), data_root=str(scenes), iters=30, batch_size=8, lr=2e-3, regime=regime)
+    torch.manual_seed(0)
+    seg = build_segmentor(cfg, str(ckpts[model]), "tokens", len(info.classes))
+    frozen_before = {k: v.clone() for k, v in seg.backbone.state_dict().items()}
+    stats = train_segmentor(seg, train, cfg, 0, tmp_path, torch.device("cpu"), resume=False, progress=False)
+    first, last = np.mean(stats["losses"][:3]), np.mean(stats["losses"][-3:])
+    assert last < 0.8 * first, (first, last)
+    if regime == "frozen":
+        assert all(torch.equal(v, seg.backbone.state_dict()[k]) for k, v in frozen_before.items())
+
+
+def test_iou_metric_agrees_with_a_confusion_matrix(ckpts, scenes):
+    """mmseg's IoUMetric on a model's predictions against mIoU from a numpy confusion matrix (and torchmetrics)."""
+    info = segdata.resolve(f"fashion-scenes:{scenes}")
+    val = segdata.build_dataset(info, "val", in_chans=1)
+    cfg = SegConfig(ckpts=(str(ckpts["mae_tiny"]),), data_root=str(scenes), regime="frozen")
+    torch.manual_seed(0)
+    seg = build_segmentor(cfg, str(ckpts["mae_tiny"]), "tokens", len(info.classes))
+    res = evaluate(seg, val, torch.device("cpu"))
+    k = len(info.classes)
+    conf = np.zeros((k, k), np.int64)
+    for i, pred in enumerate(res["predictions"]):
+        gt = val[i]["data_samples"].gt_sem_seg.data[0].numpy()
+        conf += np.bincount(k * gt.ravel() + pred.ravel(), minlength=k * k).reshape(k, k)
+    inter, union = np.diag(conf), conf.sum(0) + conf.sum(1) - np.diag(conf)
+    present = conf.sum(1) > 0  # mmseg averages over classes present in the ground truth
+    miou = np.nanmean(np.where(present, inter / np.maximum(union, 1), np.nan))
+    assert res["mIoU"] == pytest.approx(100 * miou, abs=0.01)
+    assert res["aAcc"] == pytest.approx(100 * np.diag(conf).sum() / conf.sum(), abs=0.01)
+    tm = pytest.importorskip("torchmetrics")
+    preds = torch.from_numpy(np.stack(res["predictions"]))
+    gts = torch.stack([val[i]["data_samples"].gt_sem_seg.data[0] for i in range(len(val))])
+    jac = tm.classification.MulticlassJaccardIndex(k, average="none")(preds, gts.long())
+    assert res["mIoU"] == pytest.approx(100 * jac[torch.from_numpy(present)].mean().item(), abs=0.01)
+
+
+def test_bad_segmentation_folders(scenes, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(scenes, bad)
+    (bad / "ann_dir" / "val" / "00003.png").unlink()
+    with pytest.raises(MinrError, match="00003.* has no annotation"):
+        segdata.resolve(f"fashion-scenes:{bad}")
+    Image.fromarray(np.zeros((30, 30), np.uint8)).save(bad / "ann_dir" / "val" / "00003.png")
+    with pytest.raises(MinrError, match="30x30 but image"):
+        segdata.resolve(f"fashion-scenes:{bad}")
+    Image.fromarray(np.full((56, 56), 42, np.uint8)).save(bad / "ann_dir" / "val" / "00003.png")
+    val = segdata.build_dataset(segdata.resolve(f"fashion-scenes:{bad}"), "val", in_chans=1)
+    with pytest.raises(MinrError, match="00003.png has label 42 but the dataset has 11 classes"):
+        [val[i] for i in range(len(val))]
+    with pytest.raises(MinrError, match="img_dir"):
+        segdata.resolve(f"seg:{tmp_path}")
+    (bad / "img_dir" / "train" / "zzz.png").write_bytes((bad / "img_dir" / "train" / "00000.png").read_bytes())
+    with pytest.raises(MinrError, match="zzz.png has no annotation"):
+        segdata.resolve(f"seg:{bad}")
+
+
+def test_export_round_trips_through_mmseg_and_timm(ckpts, tmp_path):
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+
+    from finetune.export import export
+
+    x = torch.rand(2, 1, 28, 28)
+    for name in ("mae_tiny", "ginr_tiny"):
+        written = export(str(ckpts[name]), tmp_path / name, to="mmseg")
+        cfg = Config.fromfile(written["config"])
+        assert cfg.model.decode_head.type == "UPerHead" and cfg.train_cfg.max_iters == 160000
+        if name == "mae_tiny":
+            cfg.model.backbone.img_size = (28, 28)
+        seg = MODELS.build(cfg.model)
+        seg.backbone.init_weights()  # loads the written weights the way mmseg's tools/train.py does
+        saved = torch.load(written["weights"], weights_only=True)
+        assert set(saved) == set(seg.backbone.state_dict())
+        ours = MinrBackbone(ckpt=str(ckpts[name]), out_indices=(0, 1, 2))
+        seg.backbone.eval()
+        with torch.no_grad():
+            got, ref = seg.backbone(x)[:3], ours(x)
+        for g, r in zip(got, ref, strict=True):
+            assert torch.allclose(g, r, atol=1e-4)
+    written = export(str(ckpts["mae_tiny"]), tmp_path / "timm", to="timm")
+    from functools import partial
+
+    from safetensors.torch import load_file
+    from timm.models.vision_transformer import VisionTransformer
+
+    kwargs = json.loads(Path(written["config"]).read_text())["kwargs"]
+    vit = VisionTransformer(**kwargs, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
+    vit.load_state_dict(load_file(written["weights"]), strict=True)
+    with pytest.raises(MinrError, match="no timm"):
+        export(str(ckpts["ginr_tiny"]), tmp_path / "t2", to="timm")
+
+
+@pytest.mark.slow
+def test_segmentation_cli_end_to_end(ckpts, fashion_small, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(
+        main,
+        [
+            "data",
+            "make-fashion-scenes",
+            "--out",
+            str(tmp_path / "sc"),
+            "--n-train",
+            "24",
+            "--n-val",
+            "8",
+            "--data-root",
+            str(fashion_small),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    args = [
+        "finetune",
+        "--task",
+        "segmentation",
+        "--ckpt",
+        str(ckpts["ginr_tiny"]),
+        "--ckpt",
+        str(ckpts["mae_tiny"]),
+        "--dataset",
+        f"fashion-scenes:{tmp_path / 'sc'}",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--backbone",
+        "tokens",
+        "--backbone",
+        "inr",
+        "--regime",
+        "frozen",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    ]
+    r = runner.invoke(main, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [e["name"] for e in res["entries"]] == ["ginr_tiny:tokens", "ginr_tiny:inr", "mae_tiny:tokens"]
+    assert set(res["entries"][0]["per_class_IoU"]) >= {"background", "Trouser"}
+    assert {p["a"] for p in res["paired"]} == {"ginr_tiny:tokens", "ginr_tiny:inr"}
+    assert (tmp_path / "out" / "predictions.png").stat().st_size > 500
+    r = runner.invoke(main, args)  # the same --out again without --resume
+    assert r.exit_code == 2 and "--resume" in r.output
+    r = runner.invoke(main, args[:-3] + ["--resume", "--out", str(tmp_path / "out"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["export", str(ckpts["ginr_tiny"]), "--to", "timm", "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "no timm architecture" in r.output
