@@ -24,8 +24,16 @@ class MinrGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MinrError as e:
-            click.echo(f"Error: {str(e).splitlines()[0]}", err=True)
+            click.echo(f"Error: {one_line(e)}", err=True)
             ctx.exit(2)
+
+
+def one_line(e: MinrError) -> str:
+    """The message; for an error re-raised from a data-loader worker, the original message, not the wrapper's."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Caught MinrError"):
+        return lines[-1].split("MinrError: ", 1)[-1]
+    return lines[0] if lines else e.__class__.__name__
 
 
 @click.group(cls=MinrGroup, context_settings={"help_option_names": ["-h", "--help"]})

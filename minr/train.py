@@ -221,10 +221,26 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def pretrain(
-    cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Pretrain `cfg.model` and write checkpoint, metrics.csv, config.yaml and summary.json into `out_dir`."""
+@dataclass
+class Run:
+    """What one pretraining session holds: built once by `_setup`, then read by the loop."""
+
+    cfg: PretrainConfig
+    out: Path
+    device: torch.device
+    env: Dist
+    model: nn.Module
+    optim: torch.optim.Optimizer
+    data: ImageDataset
+    val: ImageDataset
+    steps_per_epoch: int
+    total: int
+    step: int
+    sha: str
+    log: MetricsLog | None
+
+
+def _setup(cfg: PretrainConfig, out_dir: str | Path, resume: bool) -> Run:
     device = resolve_device(cfg.train.device)
     env = init_distributed(device)
     if device.type == "cuda":
@@ -244,110 +260,115 @@ def pretrain(
             f"{cfg.data.name}: {len(data)} training images, fewer than one batch of "
             f"{cfg.train.batch_size}; lower --set train.batch_size"
         )
-    total = min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf)
     optim = build_optimizer(model, cfg.optim)
-    step = 0
     if ckpt is not None:
         model.load_state_dict(ckpt.model_state)
         optim.load_state_dict(ckpt.optim_state)
-        step = ckpt.meta["step"]
-    sha = git_sha()
+    step, sha = (ckpt.meta["step"] if ckpt else 0), git_sha()
+    log = None
     if env.main:
         atomic_write_text(out / "config.yaml", to_yaml(cfg) + f"# git_sha: {sha}\n")
-    log = (
-        MetricsLog(out, resume_step=step if ckpt else None, tensorboard=cfg.train.log == "tensorboard")
-        if env.main
-        else None
-    )
-    net = DistributedDataParallel(model) if env.world > 1 else model
-    bar = TrainProgress(total, start=step, enabled=progress and env.main)
+        log = MetricsLog(out, resume_step=step if ckpt else None, tensorboard=cfg.train.log == "tensorboard")
+    total = int(min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf))
+    return Run(cfg, out, device, env, model, optim, data, val, steps_per_epoch, total, step, sha, log)
+
+
+def _train_step(run: Run, net: nn.Module, images: torch.Tensor, idx: torch.Tensor):
+    """One optimiser step on this rank's share of the global batch. Returns (global mean loss, output)."""
+    cfg, model = run.cfg, run.model
+    torch.manual_seed(step_seed(cfg.train.seed, run.step, run.env.rank))  # dropout, keyed by step and rank
+    for group in run.optim.param_groups:
+        group["lr"] = lr_at(run.step, run.total, cfg.optim)
+    images = images.to(run.device, non_blocking=True)
+    mask = masking.make_masks(idx, cfg.mask, model.image_size, seed=cfg.train.seed, salt="train")
+    with _autocast(run.device):
+        out = net(
+            images, mask.to(run.device), cfg.mask.patch, _pixel_subset(cfg, model.image_size, run.step, run.device)
+        )
+    run.optim.zero_grad(set_to_none=True)
+    out.loss.backward()
+    if cfg.optim.clip_grad:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+    run.optim.step()
+    run.step += 1
+    return _mean_over_ranks(out.loss.detach(), run.env), out
+
+
+def _validate_and_save(run: Run, epoch: int, *, validate_now: bool) -> dict[str, float]:
+    metrics = {}
+    if run.env.main and validate_now:
+        metrics = validate(run.model, run.val, run.cfg, run.device)
+        run.log.write({"kind": "val", "step": run.step, "epoch": epoch, **{k: f"{v:.4f}" for k, v in metrics.items()}})
+    if run.env.main:
+        save_checkpoint(
+            run.out / CKPT_NAME,
+            model_state=run.model.state_dict(),
+            optim_state=run.optim.state_dict(),
+            meta=_meta(run.cfg, run.model.family, run.step, epoch, run.sha),
+        )
+    _barrier(run.env)
+    return metrics
+
+
+def pretrain(
+    cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """Pretrain `cfg.model` and write checkpoint, metrics.csv, config.yaml and summary.json into `out_dir`."""
+    run = _setup(cfg, out_dir, resume)
+    env, per_epoch = run.env, run.steps_per_epoch
+    net = DistributedDataParallel(run.model) if env.world > 1 else run.model
     val_metrics: dict[str, float] = {}
-    seen, train_time = 0, 0.0
-    model.train()
-    with bar:
-        while step < total:
-            epoch = step // steps_per_epoch
-            batches = epoch_batches(len(data), cfg.train.batch_size, epoch, cfg.train.seed)
-            loader = DataLoader(
-                data,
-                batch_sampler=[b[env.rank :: env.world] for b in batches[step % steps_per_epoch :]],
-                num_workers=cfg.data.workers,
-            )
-            for images, _, idx in loader:
+    seen, busy = 0, 0.0
+    run.model.train()
+    with TrainProgress(run.total, start=run.step, enabled=progress and env.main) as bar:
+        while run.step < run.total:
+            epoch = run.step // per_epoch
+            batches = epoch_batches(len(run.data), cfg.train.batch_size, epoch, cfg.train.seed)[run.step % per_epoch :]
+            shards = [b[env.rank :: env.world] for b in batches]  # every rank its slice of each global batch
+            for images, _, idx in DataLoader(run.data, batch_sampler=shards, num_workers=cfg.data.workers):
                 t0 = time.perf_counter()
-                torch.manual_seed(step_seed(cfg.train.seed, step, env.rank))
-                for group in optim.param_groups:
-                    group["lr"] = lr_at(step, total, cfg.optim)
-                images = images.to(device, non_blocking=True)
-                mask = masking.make_masks(idx, cfg.mask, model.image_size, seed=cfg.train.seed, salt="train")
-                pixel_index = _pixel_subset(cfg, model.image_size, step, device)
-                with _autocast(device):
-                    out_ = net(images, mask.to(device), cfg.mask.patch, pixel_index)
-                optim.zero_grad(set_to_none=True)
-                out_.loss.backward()
-                if cfg.optim.clip_grad:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                optim.step()
-                step += 1
-                loss = _mean_over_ranks(out_.loss.detach(), env)
+                loss, out = _train_step(run, net, images, idx)
                 dt = time.perf_counter() - t0
-                train_time += dt
-                seen += len(images) * env.world
+                busy, seen = busy + dt, seen + len(images) * env.world
                 psnr = (
                     None
-                    if out_.recon is None
-                    else psnr_protocols(out_.recon.detach(), images, out_.pixel_mask)["full"].mean().item()
+                    if out.recon is None
+                    else psnr_protocols(out.recon.detach(), images.to(run.device), out.pixel_mask)["full"].mean().item()
                 )
                 if env.main:
-                    log.write(
+                    run.log.write(
                         {
                             "kind": "train",
-                            "step": step,
+                            "step": run.step,
                             "epoch": epoch,
                             "loss": f"{loss:.6f}",
-                            "lr": f"{optim.param_groups[0]['lr']:.3e}",
+                            "lr": f"{run.optim.param_groups[0]['lr']:.3e}",
                             "psnr": _fmt(psnr),
                             "images_per_s": f"{len(images) * env.world / dt:.1f}",
                         }
                     )
-                    bar.update(step, loss=loss, psnr=psnr, ips=seen / train_time)
-                end_of_epoch = step % steps_per_epoch == 0
-                if end_of_epoch or step == total or step % cfg.train.ckpt_every == 0:
-                    if env.main and (
-                        step == total or (end_of_epoch and (step // steps_per_epoch) % cfg.train.val_every == 0)
-                    ):
-                        val_metrics = validate(model, val, cfg, device)
-                        log.write(
-                            {
-                                "kind": "val",
-                                "step": step,
-                                "epoch": epoch,
-                                **{k: f"{v:.4f}" for k, v in val_metrics.items()},
-                            }
-                        )
-                    if env.main:
-                        save_checkpoint(
-                            out / CKPT_NAME,
-                            model_state=model.state_dict(),
-                            optim_state=optim.state_dict(),
-                            meta=_meta(cfg, model.family, step, epoch, sha),
-                        )
-                    _barrier(env)
-                if step >= total:
+                    bar.update(run.step, loss=loss, psnr=psnr, ips=seen / busy)
+                end_of_epoch, last = run.step % per_epoch == 0, run.step == run.total
+                if end_of_epoch or last or run.step % cfg.train.ckpt_every == 0:
+                    due = last or (end_of_epoch and (run.step // per_epoch) % cfg.train.val_every == 0)
+                    val_metrics = _validate_and_save(run, epoch, validate_now=due) or val_metrics
+                if last:
                     break
+    if env.main and not val_metrics:  # resumed a finished run: validate again so the summary stays complete
+        val_metrics = validate(run.model, run.val, cfg, run.device)
     summary = {
         "model": cfg.model,
-        "steps": step,
+        "steps": run.step,
         "images_seen_this_session": seen,
-        "train_images_per_s": seen / train_time if train_time else None,
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
+        "train_images_per_s": seen / busy if busy else None,
+        "peak_memory_mb": peak_memory_mb(run.device),
+        "device": str(run.device),
         "world_size": env.world,
         **val_metrics,
     }
     if env.main:
-        log.close()
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        run.log.close()
+        atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class FeatureSet:
     key: dict[str, Any]
     cached: bool
     images_per_s: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def default_cache_dir() -> Path:
@@ -196,7 +195,3 @@ def _run_chunk(spec, enc, subset, kind, device, mask_key) -> dict[str, torch.Ten
         feats.append(f.float().cpu())
         labels.append(y)
     return {"features": torch.cat(feats), "labels": torch.cat(labels)}
-
-
-def spec_dict(spec: ExtractSpec) -> dict[str, Any]:
-    return asdict(spec)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quick MINR-vs-MAE comparison on Fashion-MNIST: pretrain ginr_tiny, transinr_tiny and mae_tiny under one
-# budget (same data, masks, seed, batch and steps), then print their validation PSNR side by side.
+# budget (same data, masks, seed, batch and steps), print their validation PSNR side by side, then probe their
+# frozen features (linear probe and k-NN against the raw-pixel floor, paired MINR - MAE statistics).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,3 +15,6 @@ for m in ginr_tiny transinr_tiny mae_tiny; do
     --out "$OUT/$m" --resume --quiet
 done
 .venv/bin/minrctl compare "$OUT"/ginr_tiny "$OUT"/transinr_tiny "$OUT"/mae_tiny --out "$OUT/comparison.md"
+.venv/bin/minrctl probe --task classification --ckpt "$OUT/ginr_tiny/checkpoint.safetensors" \
+  --ckpt "$OUT/transinr_tiny/checkpoint.safetensors" --ckpt "$OUT/mae_tiny/checkpoint.safetensors" \
+  --max-images "${PROBE_IMAGES:-5000}" --seeds 3 --cache-dir "$OUT/feature-cache" --out "$OUT/probe" --quiet

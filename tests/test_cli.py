@@ -94,3 +94,30 @@ def test_pretrain_inspect_reconstruct_compare(runner, tmp_path, fashion_small):
     (tmp_path / "cut.safetensors").write_bytes(ckpt.read_bytes()[:100])
     r = runner.invoke(main, ["inspect", str(tmp_path / "cut.safetensors")])
     assert r.exit_code == 2 and "truncated" in r.output
+
+
+def test_unreadable_image_in_a_worker_is_named(runner, tmp_path, imagefolder):
+    (imagefolder / "train" / "n01440764" / "zz_broken.JPEG").write_bytes(b"garbage")
+    r = runner.invoke(
+        main,
+        [
+            "pretrain",
+            "--model",
+            "mae_tiny",
+            "--dataset",
+            f"imagefolder:{imagefolder}",
+            "--out",
+            str(tmp_path / "r"),
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "8",
+            "--quiet",
+            "--set",
+            "data.workers=1",
+            "--set",
+            "mask.patch=4",
+        ],
+    )
+    assert r.exit_code == 2 and "zz_broken.JPEG" in r.output and "--skip-bad-images" in r.output
+    assert len(r.output.strip().splitlines()) == 1

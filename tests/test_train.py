@@ -72,6 +72,9 @@ def test_refuses_to_overwrite_or_resume_with_other_config(fashion_small, tmp_pat
     with pytest.raises(MinrError, match="mask.ratio"):
         pretrain(_cfg("mae_tiny", fashion_small, **{"mask.ratio": 0.5}), tmp_path, resume=True, progress=False)
     assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
+    again = pretrain(_cfg("mae_tiny", fashion_small), tmp_path, resume=True, progress=False)  # already finished
+    assert again["steps"] == 6 and "psnr_masked" in again
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
 
 
 def _cli(*args, env=None):
