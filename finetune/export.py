@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 import finetune  # noqa: F401  (mmcv.ops stand-in before mmseg)
 from finetune.segmentation import NORM, out_indices
 from minr.build import model_from_checkpoint
-from minr.checkpoint import atomic_write_bytes, atomic_write_text
+from minr.checkpoint import atomic_write_bytes, atomic_write_text, publish
 from minr.errors import MinrError
 
 _MAE_KEYS = [
@@ -265,7 +265,7 @@ def _export_timm(model, out: Path) -> dict[str, str]:
     path = out / "model.safetensors"
     tmp = out / ".model.safetensors.tmp"
     save_file(weights, str(tmp))
-    tmp.replace(path)
+    publish(tmp, path)
     atomic_write_text(
         out / "timm_config.json",
         json.dumps({"architecture": "VisionTransformer", "kwargs": timm_kwargs(model), "norm_eps": 1e-6}, indent=2),

@@ -60,9 +60,10 @@ def write_results(
             "|---|---|---|---|---|",
         ]
         for p in results["paired"]:
+            pval = f"{p['mcnemar_p']:.3g}" if "mcnemar_p" in p else "n/a (per-image IoU)"
             lines.append(
                 f"| {p['a']} | {p['b']} | {100 * p['diff']:+.2f} | [{100 * p['ci_low']:+.2f}, "
-                f"{100 * p['ci_high']:+.2f}] | {p.get('mcnemar_p', float('nan')):.3g} |"
+                f"{100 * p['ci_high']:+.2f}] | {pval} |"
             )
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
     console.print(table)

@@ -143,7 +143,7 @@ def build_dataset(
     load = dict(type="LoadImageFromFile", color_type="grayscale" if in_chans == 1 else "color")
     pipeline = [
         load,
-        dict(type="LoadAnnotations", reduce_zero_label=info.reduce_zero_label),
+        dict(type="LoadAnnotations"),  # reduce_zero_label comes from the dataset class (ADE20K: True)
         dict(type="CheckSegLabels", num_classes=len(info.classes)),
     ]
     if crop and split == "train":
@@ -163,7 +163,6 @@ def build_dataset(
             "metainfo": {"classes": info.classes},
             "img_suffix": info.img_suffix,
             "seg_map_suffix": ".png",
-            "reduce_zero_label": False,
         }
     )
     return cls(

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from minr import masking
 from minr.build import model_from_checkpoint
-from minr.checkpoint import weights_sha256
+from minr.checkpoint import publish, weights_sha256
 from minr.config import DataConfig, MaskConfig
 from minr.data import ImageDataset, load_split
 from minr.progress import make_progress
@@ -128,7 +128,7 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any]) ->
     save_file(
         {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)}
     )
-    os.replace(tmp, path)
+    publish(tmp, path)
 
 
 def extract(

@@ -93,6 +93,21 @@ def test_errors_for_unknown_kind_and_multilabel(ckpts, tmp_path):
         extract(ExtractSpec(str(ckpts["ginr_tiny"]), DIGITS, "train", "modulation", layer=0), tmp_path, progress=False)
 
 
+def test_multilabel_dataset_is_refused_by_the_probe(ckpts, tmp_path):
+    from probes.run import ProbeConfig, run_probe
+    from tests.conftest import save_images
+
+    base = tmp_path / "celeba"
+    names = save_images(base / "img_align_celeba", [f"{i:06d}" for i in range(1, 7)])
+    (base / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, s in zip(names, "000122", strict=True)))
+    (base / "list_attr_celeba.txt").write_text("6\nSmiling\n" + "".join(f"{n} 1\n" for n in names))
+    cfg = ProbeConfig(
+        ckpts=(str(ckpts["mae_tiny"]),), data=DataConfig(name=f"celeba:{tmp_path}"), cache_dir=str(tmp_path / "c")
+    )
+    with pytest.raises(MinrError, match="multi-label"):
+        run_probe(cfg, tmp_path / "out", progress=False, log=lambda m: None)
+
+
 def test_knn_matches_brute_force():
     g = torch.Generator().manual_seed(0)
     train, test = torch.randn(50, 6, generator=g), torch.randn(7, 6, generator=g)

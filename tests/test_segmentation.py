@@ -255,3 +255,22 @@ def test_segmentation_cli_end_to_end(ckpts, fashion_small, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(main, ["export", str(ckpts["ginr_tiny"]), "--to", "timm", "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "no timm architecture" in r.output
+
+
+def test_ade20k_layout_and_scene_determinism(tmp_path, fashion_small):
+    base = tmp_path / "ADEChallengeData2016"
+    for split in ("training", "validation"):
+        (base / "images" / split).mkdir(parents=True)
+        (base / "annotations" / split).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((32, 40, 3), 100, np.uint8)).save(base / "images" / split / f"ADE_{i}.jpg")
+            Image.fromarray(np.full((32, 40), 3 * i, np.uint8)).save(base / "annotations" / split / f"ADE_{i}.png")
+    info = segdata.resolve(f"ade20k:{tmp_path}")
+    assert len(info.classes) == 150 and info.reduce_zero_label
+    val = segdata.build_dataset(info, "val", in_chans=3)
+    labels = [val[i]["data_samples"].gt_sem_seg.data.unique().tolist() for i in range(2)]
+    assert sorted(labels) == [[2], [255]]  # label 0 becomes ignore (255), 3 becomes class 2
+    a = make_fashion_scenes(tmp_path / "a", n_train=3, n_val=2, seed=5, data_root=str(fashion_small))
+    b = make_fashion_scenes(tmp_path / "b", n_train=3, n_val=2, seed=5, data_root=str(fashion_small))
+    for p in sorted((a / "ann_dir" / "train").iterdir()):
+        assert p.read_bytes() == (b / "ann_dir" / "train" / p.name).read_bytes()

@@ -168,3 +168,10 @@ def test_two_process_ddp_matches_single_process(fashion_small, tmp_path):
     assert len(one) == len(two) == 4
     assert one == pytest.approx(two, rel=1e-4)
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_tensorboard_log(fashion_small, tmp_path):
+    pretrain(
+        _cfg("mae_tiny", fashion_small, **{"train.log": "tensorboard", "train.max_steps": 2}), tmp_path, progress=False
+    )
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
