@@ -175,3 +175,15 @@ def test_tensorboard_log(fashion_small, tmp_path):
         _cfg("mae_tiny", fashion_small, **{"train.log": "tensorboard", "train.max_steps": 2}), tmp_path, progress=False
     )
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_render_a_random_pixel_subset(fashion_small, tmp_path):
+    """train.render_fraction < 1 renders part of the pixels per step (MINR); validation still renders all."""
+    s = pretrain(
+        _cfg("ginr_tiny", fashion_small, **{"train.render_fraction": 0.25, "train.max_steps": 3}),
+        tmp_path,
+        progress=False,
+    )
+    rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:] if r.startswith("train")]
+    assert len(rows) == 3 and all(r[5] == "" and float(r[3]) > 0 for r in rows)  # no full-image PSNR in training
+    assert s["psnr_full"] > 0
