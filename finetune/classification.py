@@ -17,8 +17,8 @@ from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader
 
 from finetune.classifier import TOKEN_KINDS, EncoderClassifier, freeze_all_but_last, layer_decay_groups
-from minr.build import model_from_checkpoint
-from minr.checkpoint import load_checkpoint, save_checkpoint
+from minr.build import encoder_skeleton, model_from_checkpoint
+from minr.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from minr.config import DataConfig, OptimConfig
 from minr.data import load_split
 from minr.errors import MinrError
@@ -77,8 +77,8 @@ def finetune_one(
 ) -> dict[str, Any]:
     """Fine-tune one checkpoint with one seed; checkpoints in `out`, resumable exactly."""
     device = resolve_device(cfg.device)
-    train = load_split(cfg.data, "train", **_size(ckpt))
-    test, val = (load_split(cfg.data, s, **_size(ckpt)) for s in ("test", "val"))
+    size = _size(ckpt)
+    train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))
     if train.multilabel:
         raise MinrError(f"{cfg.data.name} has multi-label attributes; classification needs one label per image")
     num_classes = len(train.classes)
@@ -150,7 +150,7 @@ def finetune_one(
 
 
 def _size(ckpt: str) -> dict[str, int]:
-    model, _, _ = model_from_checkpoint(ckpt)
+    model, _ = encoder_skeleton(ckpt)
     return {"image_size": model.image_size, "in_chans": model.in_chans}
 
 
@@ -187,8 +187,7 @@ def _resume(out: Path, model, optim, cfg: FinetuneConfig, ckpt: str, seed: int) 
 
 
 def _name(ckpt: str, taken: set[str]) -> str:
-    meta = load_checkpoint(ckpt).meta
-    name = meta.get("model", Path(ckpt).stem)
+    name = read_meta(ckpt).get("model", Path(ckpt).stem)
     return f"{Path(ckpt).parent.name}/{name}" if name in taken else name
 
 
@@ -213,7 +212,7 @@ def run_finetune(
             {
                 "name": name,
                 "ckpt": str(ckpt),
-                "family": load_checkpoint(ckpt).meta["family"],
+                "family": read_meta(ckpt)["family"],
                 "mean": float(np.mean(accs)),
                 "std": float(np.std(accs)),
                 "per_seed": accs,

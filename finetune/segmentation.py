@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from finetune import segdata
 from finetune.seg_backbone import MinrBackbone  # noqa: F401  (registers the backbone)
-from minr.build import model_from_checkpoint
+from minr.build import encoder_skeleton
 from minr.checkpoint import load_checkpoint, save_checkpoint
 from minr.errors import MinrError
 from minr.progress import TrainProgress
@@ -137,7 +137,7 @@ def segmentor_config(
 
 
 def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -> torch.nn.Module:
-    encoder, _, _ = model_from_checkpoint(ckpt)
+    encoder, _ = encoder_skeleton(ckpt)  # shapes only; MinrBackbone loads the weights
     if feature == "inr" and encoder.family != "minr":
         raise MinrError(f"--backbone inr needs a MINR checkpoint; {ckpt} is {encoder.family}")
     depth = len(encoder.blocks)
@@ -313,8 +313,8 @@ def run_segmentation(
     info = segdata.resolve(cfg.data_root)
     entries = []
     for ckpt in cfg.ckpts:
-        meta = load_checkpoint(ckpt).meta
-        in_chans = model_from_checkpoint(ckpt)[0].in_chans
+        skeleton, meta = encoder_skeleton(ckpt)
+        in_chans = skeleton.in_chans
         train = segdata.build_dataset(info, "train", in_chans=in_chans, max_images=cfg.max_images, crop=cfg.crop)
         val = segdata.build_dataset(info, "val", in_chans=in_chans, max_images=cfg.max_images, crop=cfg.crop)
         for feature in cfg.backbones:

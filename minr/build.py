@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from minr.checkpoint import load_checkpoint
+from minr.checkpoint import load_checkpoint, read_meta
 from minr.config import PretrainConfig, apply_overrides, from_dict
 from minr.errors import MinrError
 from minr.models import create_model, get_spec
@@ -42,3 +42,14 @@ def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu"
     if missing or unexpected:
         raise MinrError(f"{path}: weights do not fit {cfg.model} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model.to(map_location).eval(), cfg, ckpt.meta
+
+
+def encoder_skeleton(path: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's model without its weights (on the meta device, no memory, no file read beyond the header):
+    enough for its family, resolution, channels, depth and width. Returns (model, checkpoint meta)."""
+    meta = read_meta(path)
+    if "config" not in meta:
+        raise MinrError(f"{path} is a minr checkpoint but not of a pretrained encoder (no pretraining config)")
+    cfg = from_dict(PretrainConfig, meta["config"])
+    with torch.device("meta"):
+        return create_model(cfg.model, **cfg.model_args), meta

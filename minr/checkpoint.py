@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minr.errors import MinrError
@@ -96,15 +96,11 @@ def save_checkpoint(
     publish(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a minr checkpoint; anything else (a pickle, a truncated file, another tool's safetensors) is refused."""
-    path = Path(path)
+def _header(path: Path) -> dict[str, str]:
+    """The checkpoint's validated metadata, read from the safetensors header alone (no tensors)."""
     if not path.is_file():
         raise MinrError(f"checkpoint {path} does not exist")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
@@ -113,6 +109,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise MinrError(f"{path} is a safetensors file but not a minr checkpoint (no format=minr metadata)")
     if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
         raise MinrError(f"{path} has checkpoint format {metadata['format_version']}; upgrade minr to read it")
+    return metadata
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Model name, family, config, step...: what a checkpoint says about itself, without loading its tensors."""
+    meta = json.loads(_header(Path(path))["meta"])
+    meta.pop("optim_param_groups", None)
+    return meta
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a minr checkpoint; anything else (a pickle, a truncated file, another tool's safetensors) is refused."""
+    path = Path(path)
+    metadata = _header(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MinrError(f"{path} is not a readable minr checkpoint (safetensors: {e}); was it truncated?") from None
     meta = json.loads(metadata["meta"])
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     optim_state = None

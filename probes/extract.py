@@ -80,14 +80,17 @@ class _Encoder:
             self.image_size, self.in_chans = self.model.image_size, self.model.in_chans
             self.mask_patch, self.seed = cfg.mask.patch, cfg.train.seed
 
-    def features(self, images: torch.Tensor, kind: str, layer: int, mask: torch.Tensor | None) -> torch.Tensor:
+    def features(
+        self, images: torch.Tensor, kinds: list[str], layer: int, mask: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """Every requested kind from one forward pass: {kind: (B, F)}."""
         if self.model is None:
             if mask is not None:
                 images = masking.zero_fill(images, masking.to_pixels(mask, self.mask_patch, self.image_size))
-            return images.flatten(1)
+            return {PIXELS: images.flatten(1)}
         depth = len(self.model.blocks)
         tokens = self.model.get_intermediate_layers(images, [layer], mask=mask, mask_patch=self.mask_patch)[0]
-        return pool(self.model, tokens, kind, last_block=layer % depth == depth - 1)
+        return {k: pool(self.model, tokens, k, last_block=layer % depth == depth - 1) for k in kinds}
 
 
 def _key(spec: ExtractSpec, enc: _Encoder, data: ImageDataset, kind: str) -> dict[str, Any]:
@@ -134,56 +137,95 @@ def _write(path: Path, tensors: dict[str, torch.Tensor], key: dict[str, Any]) ->
 def extract(
     spec: ExtractSpec, cache_dir: Path | None = None, *, chunk_size: int = 2048, progress: bool = True, log=print
 ) -> FeatureSet:
-    """Features of one split, from the cache when the same key was extracted before."""
+    """Features of one split (kind `spec.kind`), from the cache when the same key was extracted before."""
+    return extract_kinds(
+        spec, [spec.kind] if spec.kind else [], cache_dir, chunk_size=chunk_size, progress=progress, log=log
+    )[0]
+
+
+def extract_kinds(
+    spec: ExtractSpec,
+    kinds: list[str],
+    cache_dir: Path | None = None,
+    *,
+    chunk_size: int = 2048,
+    progress: bool = True,
+    log=print,
+) -> list[FeatureSet]:
+    """Several feature kinds of one split: the encoder runs once per image for all kinds that are not cached yet;
+    each kind is cached under its own key. Empty `kinds`: the family's default kind. One FeatureSet per kind."""
     device = resolve_device(spec.device)
     enc = _Encoder(spec, device)
-    kind = spec.kind or DEFAULT_KIND[enc.family]
-    check_kind(enc.family, kind)
+    kinds = kinds or [DEFAULT_KIND[enc.family]]
+    for kind in kinds:
+        check_kind(enc.family, kind)
     data = load_split(spec.data, spec.split, image_size=enc.image_size, in_chans=enc.in_chans)
-    key = _key(spec, enc, data, kind)
     cache_dir = Path(cache_dir or default_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
-    final = cache_dir / f"{_key_hash(key)}.safetensors"
-    if final.exists():
-        hit = _read(final, key)
+    keys = {kind: _key(spec, enc, data, kind) for kind in kinds}
+    found: dict[str, FeatureSet] = {}
+    for kind, key in keys.items():
+        final = cache_dir / f"{_key_hash(key)}.safetensors"
+        hit = _read(final, key) if final.exists() else None
         if hit is not None and len(hit["labels"]) == len(data):
             log(f"features: cache hit {final.name} ({spec.ckpt}, {spec.split}, {kind})")
-            return FeatureSet(hit["features"], hit["labels"], key, cached=True)
-        log(f"features: {final.name} is stale or unreadable; recomputing")
-    chunks_dir = cache_dir / f"{_key_hash(key)}.partial"
-    chunks_dir.mkdir(exist_ok=True)
-    feats, labels, ips = _extract_chunks(spec, enc, data, key, kind, chunks_dir, chunk_size, device, progress)
-    _write(final, {"features": feats, "labels": labels}, key)
-    shutil.rmtree(chunks_dir, ignore_errors=True)
-    return FeatureSet(feats, labels, key, cached=False, images_per_s=ips)
+            found[kind] = FeatureSet(hit["features"], hit["labels"], key, cached=True)
+        elif final.exists():
+            log(f"features: {final.name} is stale or unreadable; recomputing")
+    todo = {kind: keys[kind] for kind in kinds if kind not in found}
+    if todo:
+        computed, ips = _extract_chunks(spec, enc, data, todo, cache_dir, chunk_size, device, progress)
+        for kind, got in computed.items():
+            _write(cache_dir / f"{_key_hash(todo[kind])}.safetensors", got, todo[kind])
+            shutil.rmtree(cache_dir / f"{_key_hash(todo[kind])}.partial", ignore_errors=True)
+            found[kind] = FeatureSet(got["features"], got["labels"], todo[kind], cached=False, images_per_s=ips)
+    return [found[kind] for kind in kinds]
 
 
 @torch.inference_mode()
-def _extract_chunks(spec, enc, data, key, kind, chunks_dir, chunk_size, device, progress):
-    n_chunks = -(-len(data) // chunk_size)
-    parts_f, parts_l, seen, busy = [], [], 0, 0.0
+def _extract_chunks(spec, enc, data, keys, cache_dir, chunk_size, device, progress):
+    """Chunk by chunk, every kind in `keys` at once; finished chunks are kept, so an interrupted run resumes."""
+    parts: dict[str, list[dict[str, torch.Tensor]]] = {kind: [] for kind in keys}
+    mask_key = next(iter(keys.values()))["mask"]  # the same mask settings for every kind
+    seen, busy = 0, 0.0
     bar = make_progress(progress)
     with bar:
-        task = bar.add_task(f"extract {Path(spec.ckpt).parent.name or spec.ckpt}:{kind}", total=len(data), info="")
-        for c in range(n_chunks):
-            path = chunks_dir / f"chunk_{c:05d}.safetensors"
-            chunk_key = {**key, "chunk": c, "chunk_size": chunk_size}
-            got = _read(path, chunk_key) if path.exists() else None
-            if got is None:
+        name = f"extract {Path(spec.ckpt).parent.name or spec.ckpt}:{','.join(keys)}"
+        task = bar.add_task(name, total=len(data), info="")
+        for c in range(-(-len(data) // chunk_size)):
+            paths = {
+                k: cache_dir / f"{_key_hash(key)}.partial" / f"chunk_{c:05d}.safetensors" for k, key in keys.items()
+            }
+            chunk_keys = {k: {**key, "chunk": c, "chunk_size": chunk_size} for k, key in keys.items()}
+            got = {k: _read(paths[k], chunk_keys[k]) if paths[k].exists() else None for k in keys}
+            missing = [k for k, v in got.items() if v is None]
+            idx = range(c * chunk_size, min(len(data), (c + 1) * chunk_size))
+            if missing:
                 t0 = time.perf_counter()
-                idx = range(c * chunk_size, min(len(data), (c + 1) * chunk_size))
-                got = _run_chunk(spec, enc, torch.utils.data.Subset(data, idx), kind, device, key["mask"])
+                fresh = _run_chunk(spec, enc, torch.utils.data.Subset(data, idx), missing, device, mask_key)
                 busy += time.perf_counter() - t0
                 seen += len(idx)
-                _write(path, got, chunk_key)
-            parts_f.append(got["features"])
-            parts_l.append(got["labels"])
-            bar.update(task, advance=len(got["labels"]), info=f"{seen / busy:.0f} img/s" if busy else "cached")
-    return torch.cat(parts_f), torch.cat(parts_l), (seen / busy if busy else None)
+                for k in missing:
+                    paths[k].parent.mkdir(exist_ok=True)
+                    _write(paths[k], fresh[k], chunk_keys[k])
+                    got[k] = fresh[k]
+            for k in keys:
+                parts[k].append(got[k])
+            bar.update(
+                task,
+                advance=len(idx),
+                info=f"{seen / busy:.0f} img/s" if busy else "cached",
+            )
+    merged = {
+        k: {"features": torch.cat([p["features"] for p in ps]), "labels": torch.cat([p["labels"] for p in ps])}
+        for k, ps in parts.items()
+    }
+    return merged, (seen / busy if busy else None)
 
 
-def _run_chunk(spec, enc, subset, kind, device, mask_key) -> dict[str, torch.Tensor]:
-    feats, labels = [], []
+def _run_chunk(spec, enc, subset, kinds, device, mask_key) -> dict[str, dict[str, torch.Tensor]]:
+    feats: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
+    labels = []
     for images, y, idx in DataLoader(subset, batch_size=spec.batch_size):
         mask = None
         if mask_key is not None:
@@ -191,7 +233,9 @@ def _run_chunk(spec, enc, subset, kind, device, mask_key) -> dict[str, torch.Ten
             mask = masking.make_masks(idx, cfg, enc.image_size, seed=mask_key["seed"], salt=f"extract-{spec.split}")
             mask = mask.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            f = enc.features(images.to(device), kind, spec.layer, mask)
-        feats.append(f.float().cpu())
+            out = enc.features(images.to(device), kinds, spec.layer, mask)
+        for k in kinds:
+            feats[k].append(out[k].float().cpu())
         labels.append(y)
-    return {"features": torch.cat(feats), "labels": torch.cat(labels)}
+    y = torch.cat(labels)
+    return {k: {"features": torch.cat(v), "labels": y} for k, v in feats.items()}

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from minr.build import encoder_skeleton
+from minr.checkpoint import read_meta
 from minr.config import DataConfig
 from minr.errors import MinrError
-from probes.extract import PIXELS, ExtractSpec, FeatureSet, extract
+from probes.extract import PIXELS, ExtractSpec, FeatureSet, extract_kinds
 from probes.features import DEFAULT_KIND, FEATURE_KINDS
 from probes.knn import knn_predict
 from probes.linear import linear_probe
@@ -72,9 +74,7 @@ class Entry:
 def _family(ckpt: str) -> tuple[str, str]:
     if ckpt == PIXELS:
         return "pixels", "pixels"
-    from minr.checkpoint import load_checkpoint
-
-    meta = load_checkpoint(ckpt).meta
+    meta = read_meta(ckpt)
     return meta["family"], meta["model"]
 
 
@@ -86,7 +86,7 @@ def _kinds(cfg: ProbeConfig, family: str) -> list[str]:
     return [k for k in cfg.kinds if k in FEATURE_KINDS[family]] or [DEFAULT_KIND[family]]
 
 
-def _spec(cfg: ProbeConfig, ckpt: str, kind: str, split: str, size: tuple[int, int], ratio: float = 0.0):
+def _spec(cfg: ProbeConfig, ckpt: str, kind: str | None, split: str, size: tuple[int, int], ratio: float = 0.0):
     return ExtractSpec(
         ckpt=ckpt,
         data=cfg.data,
@@ -111,10 +111,14 @@ def _labels(fs: FeatureSet, what: str) -> torch.Tensor:
 
 
 def _size_of(ckpt: str) -> tuple[int, int]:
-    from minr.build import model_from_checkpoint
-
-    model, _, _ = model_from_checkpoint(ckpt)
+    model, _ = encoder_skeleton(ckpt)
     return model.image_size, model.in_chans
+
+
+def _extract_all(cfg, ckpt, kinds, split, size, ratio, progress, log) -> dict[str, FeatureSet]:
+    """Every kind of one encoder and split in one pass over the images."""
+    sets = extract_kinds(_spec(cfg, ckpt, None, split, size, ratio), kinds, cfg.cache_dir, progress=progress, log=log)
+    return dict(zip(kinds, sets, strict=True))
 
 
 def collect(cfg: ProbeConfig, progress: bool, log) -> list[Entry]:
@@ -124,16 +128,14 @@ def collect(cfg: ProbeConfig, progress: bool, log) -> list[Entry]:
     entries, names = [], set()
     for ckpt in encoders:
         family, model = _family(ckpt)
-        for kind in _kinds(cfg, family):
+        kinds = _kinds(cfg, family)
+        by_split = {s: _extract_all(cfg, ckpt, kinds, s, size, 0.0, progress, log) for s in ("train", "val", "test")}
+        for kind in kinds:
             name = model if ckpt == PIXELS else f"{model}:{kind}"
             if name in names:
                 name = f"{Path(ckpt).parent.name}/{name}"
             names.add(name)
-            splits = {
-                s: extract(_spec(cfg, ckpt, kind, s, size), cfg.cache_dir, progress=progress, log=log)
-                for s in ("train", "val", "test")
-            }
-            entries.append(Entry(ckpt, family, kind, name, splits))
+            entries.append(Entry(ckpt, family, kind, name, {s: by_split[s][kind] for s in by_split}))
     return entries
 
 
@@ -196,25 +198,19 @@ def paired(entries: list[Entry], labels: np.ndarray) -> list[dict[str, Any]]:
 def mask_sweep(entries: list[Entry], cfg: ProbeConfig, progress: bool, log) -> list[dict[str, Any]]:
     """Probes trained on clean features, evaluated on test features extracted at each mask ratio."""
     rows, size = [], _size_of(cfg.ckpts[0])
-    for e in entries:
-        y = e.splits["test"].labels.numpy()
+    for ckpt in dict.fromkeys(e.encoder for e in entries):
+        mine = [e for e in entries if e.encoder == ckpt]
         for ratio in cfg.mask_ratios:
-            feats = (
-                e.splits["test"]
+            masked = (
+                {e.kind: e.splits["test"] for e in mine}
                 if ratio == 0
-                else extract(
-                    _spec(cfg, e.encoder, e.kind, "test", size, ratio), cfg.cache_dir, progress=progress, log=log
-                )
+                else _extract_all(cfg, ckpt, [e.kind for e in mine], "test", size, ratio, progress, log)
             )
-            for method, predict in e.predictors.items():
-                rows.append(
-                    {
-                        "name": e.name,
-                        "method": method,
-                        "mask_ratio": ratio,
-                        "accuracy": float((predict(feats.features) == y).mean()),
-                    }
-                )
+            for e in mine:
+                y = e.splits["test"].labels.numpy()
+                for method, predict in e.predictors.items():
+                    acc = float((predict(masked[e.kind].features) == y).mean())
+                    rows.append({"name": e.name, "method": method, "mask_ratio": ratio, "accuracy": acc})
     return rows
 
 
@@ -229,7 +225,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
         evaluate(e, cfg, num_classes)
     labels = entries[0].splits["test"].labels.numpy()
     results = {
-        "config": _config_dict(cfg),
+        "config": dataclasses.asdict(cfg),
         "entries": [_entry_dict(e) for e in entries],
         "paired": paired(entries, labels),
         "mask_sweep": mask_sweep(entries, cfg, progress, log),
@@ -240,10 +236,6 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
     }
     write_reports(results, entries, labels, Path(out_dir))
     return results
-
-
-def _config_dict(cfg: ProbeConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def _entry_dict(e: Entry) -> dict[str, Any]:

@@ -76,6 +76,29 @@ def test_cache_hit_and_invalidation(ckpts, tmp_path):
     assert extract(pix[0], tmp_path, progress=False).key != extract(pix[1], tmp_path, progress=False).key
 
 
+def test_all_kinds_from_one_pass_match_one_kind_at_a_time(ckpts, tmp_path, monkeypatch):
+    from minr.models import HyperINR
+    from probes.extract import extract_kinds
+
+    calls = []
+    real = HyperINR.get_intermediate_layers
+    monkeypatch.setattr(HyperINR, "get_intermediate_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    kinds = list(FEATURE_KINDS["minr"])
+    spec = ExtractSpec(str(ckpts["transinr_tiny"]), DIGITS, "test", batch_size=64)
+    together = extract_kinds(spec, kinds, tmp_path / "a", progress=False, log=lambda m: None)
+    assert len(calls) == 1  # 60 images, one batch, one forward pass for the four kinds
+    for kind, fs in zip(kinds, together, strict=True):
+        alone = extract(
+            ExtractSpec(str(ckpts["transinr_tiny"]), DIGITS, "test", kind),
+            tmp_path / "b",
+            progress=False,
+            log=lambda m: None,
+        )
+        assert fs.key == alone.key and torch.allclose(fs.features, alone.features)
+    again = extract_kinds(spec, kinds, tmp_path / "a", progress=False, log=lambda m: None)
+    assert all(fs.cached for fs in again) and len(calls) == 1 + len(kinds)
+
+
 def test_stale_or_truncated_cache_is_recomputed(ckpts, tmp_path):
     spec = ExtractSpec(str(ckpts["ginr_tiny"]), DIGITS, "val", "data_mean")
     good = extract(spec, tmp_path, progress=False, log=lambda m: None)
