@@ -1,21 +1,54 @@
-"""The `minrctl` group, its error handling and the options shared by several commands."""
+"""The `minrctl` group, its error handling, and the options shared by several commands (declared once here).
+
+Commands build their config dataclass from the parsed options by field name (`config_from`), so an option is
+written once: its declaration. Options left at None take the config's own default.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
 import click
-from rich.console import Console
+from click.core import ParameterSource
 
 from minr.errors import MinrError
+from minr.report import console
 
-console = Console()
+__all__ = ["console", "main"]
+
+
+class OneLineUsageError(click.UsageError):
+    """click's usage error (unknown option, bad choice, missing value), shown on one line with where to look."""
+
+    def show(self, file=None) -> None:
+        where = f" (see `{self.ctx.command_path} --help`)" if self.ctx else ""
+        click.echo(f"Error: {self.format_message()}{where}", err=True)
+
+
+def _one_line_usage(e: click.UsageError) -> click.UsageError:
+    if isinstance(e, click.exceptions.NoArgsIsHelpError | OneLineUsageError):
+        return e
+    return OneLineUsageError(e.format_message(), ctx=e.ctx)
 
 
 class MinrGroup(click.Group):
-    """Turns a MinrError (a user mistake) into one line on stderr and exit code 2, without a traceback."""
+    """Turns a MinrError (a user mistake) into one line on stderr and exit code 2, without a traceback; click's own
+    usage errors are one line too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _one_line_usage(e) from None
         except MinrError as e:
             click.echo(f"Error: {one_line(e)}", err=True)
             ctx.exit(2)
@@ -34,19 +67,85 @@ def main() -> None:
     """Masked INR pretraining (TransINR, GINR) against MAE, and the evaluation of their encoders."""
 
 
-def data_options(f):
-    """--dataset, --data-root and --max-images, shared by the evaluation commands."""
-    f = click.option("--max-images", type=int, default=None, help="Cap every split (stratified) for quick runs.")(f)
-    f = click.option("--data-root", default=None, help="Where the dataset's files are.")(f)
-    return click.option(
-        "--dataset",
-        default="fashion-mnist",
-        show_default=True,
-        help="fashion-mnist, digits, imagefolder:PATH, indoor67:PATH, celeba:PATH.",
-    )(f)
+# -- shared options -------------------------------------------------------------------------------------------
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+def data_options(default: str | None = "fashion-mnist") -> Callable:
+    """--dataset, --data-root and --max-images."""
+    return _stack(
+        click.option(
+            "--dataset",
+            default=default,
+            show_default=default is not None,
+            help="fashion-mnist, digits, photos, imagefolder:PATH, indoor67:PATH, celeba:PATH "
+            "(segmentation: fashion-scenes:PATH, ade20k:PATH, seg:PATH).",
+        ),
+        click.option("--data-root", default=None, help="Where the dataset's files are (Fashion-MNIST's IDX files)."),
+        click.option("--max-images", type=click.IntRange(min=1), default=None, help="Cap every split (stratified)."),
+    )
+
+
+ckpts_option = click.option(
+    "--ckpt", "ckpts", multiple=True, required=True, help="A pretrained checkpoint; repeat to compare."
+)
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def run_options(*, resume: bool) -> Callable:
+    """--out, --device, --quiet and (for commands that train) --resume."""
+    options = [
+        click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory."),
+        device_option,
+        quiet_option,
+    ]
+    if resume:
+        options.append(click.option("--resume", is_flag=True, help="Continue interrupted runs in --out."))
+    return _stack(*options)
 
 
 def data_config(dataset: str, data_root: str | None, max_images: int | None):
     from minr.config import DataConfig
 
     return DataConfig(name=dataset, root=data_root, max_images=max_images)
+
+
+def config_from(cls: type, params: dict[str, Any], **values: Any) -> Any:
+    """Build the config dataclass `cls` from the options whose names are its fields (None: the field's default),
+    tuples for tuple fields; `values` fill or override fields the options do not name directly."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in params.items() if k in names and v is not None}
+    kwargs = {
+        k: tuple(v) if typing.get_origin(hints[k]) is tuple and isinstance(v, list) else v for k, v in kwargs.items()
+    }
+    return cls(**{**kwargs, **values})
+
+
+def refuse_inapplicable(ctx: click.Context, applicable: Iterable[str], what: str) -> None:
+    """A one-line error for an option given on the command line that `what` (e.g. "--task segmentation") ignores."""
+    allowed = set(applicable)
+    for param in ctx.command.params:
+        if param.name not in allowed and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE:
+            raise MinrError(f"{param.opts[0]} does not apply to {what}; leave it out")
+
+
+def field_default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def floats(text: str | None, option: str) -> tuple[float, ...]:
+    """ "0,0.25,0.5" -> (0.0, 0.25, 0.5), or a one-line error naming the option."""
+    if not text:
+        return ()
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise MinrError(f"{option}: expected comma-separated numbers like 0,0.25,0.5, got {text!r}") from None

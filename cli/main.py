@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cli import evaluate, pretrain  # noqa: F401  (register their commands on the group)
+from cli import bench, evaluate, pretrain  # noqa: F401  (register their commands on the group)
 from cli.app import main
 
 __all__ = ["main"]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 import torch
-from rich.table import Table
 
-from cli.app import console, main
+from cli.app import console, device_option, floats, main, quiet_option
 from minr.config import parse_set, to_yaml
+from minr.report import print_table
 
 
 @main.command("models")
@@ -18,13 +18,14 @@ def models_cmd() -> None:
     """List the registered models with their parameter counts."""
     from minr.models import create_model, get_spec, list_models
 
-    table = Table("model", "family", "parameters", "description")
+    rows = []
     with torch.device("meta"):
         for name in list_models():
             model = create_model(name)
-            n = sum(p.numel() for p in model.parameters())
-            table.add_row(name, model.family, f"{n:,}", get_spec(name).description)
-    console.print(table)
+            rows.append(
+                (name, model.family, f"{sum(p.numel() for p in model.parameters()):,}", get_spec(name).description)
+            )
+    print_table(("model", "family", "parameters", "description"), rows)
 
 
 @main.command("pretrain")
@@ -78,35 +79,34 @@ def pretrain_cmd(
     if dry_run:
         click.echo(to_yaml(cfg), nl=False)
         return
-    torch.manual_seed(cfg.train.seed)  # model initialisation
     summary = pretrain(cfg, out, resume=resume, progress=not quiet)
     _print_summary(summary)
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table("metric", "value", title=f"{summary['model']} after {summary['steps']} steps")
-    for k, v in summary.items():
-        if k not in ("model",):
-            table.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
-    console.print(table)
+    rows = [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in summary.items() if k != "model"]
+    print_table(("metric", "value"), rows, title=f"{summary['model']} after {summary['steps']} steps")
 
 
 @main.command("inspect")
 @click.argument("ckpt", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect_cmd(ckpt: str, as_json: bool) -> None:
-    """Show a checkpoint's model, step, config and the SHA-256 of its weights."""
-    from minr.checkpoint import load_checkpoint, weights_sha256
+    """Show a checkpoint's kind, model, step, config and the SHA-256 of its weights, after checking its tensors
+    against the architecture it names."""
+    from minr.build import verify_tensors
+    from minr.checkpoint import stored_weights_sha256
 
-    c = load_checkpoint(ckpt)
+    meta = verify_tensors(ckpt)
     info = {
-        "model": c.meta["model"],
-        "family": c.meta.get("family"),
-        "step": c.meta["step"],
-        "epoch": c.meta.get("epoch"),
-        "git_sha": c.meta.get("git_sha"),
-        "weights_sha256": weights_sha256(c.model_state),
-        "config": c.meta["config"],
+        "kind": meta["kind"],
+        "model": meta["model"],
+        "family": meta.get("family"),
+        "step": meta["step"],
+        "epoch": meta.get("epoch"),
+        "git_sha": meta.get("git_sha"),
+        "weights_sha256": stored_weights_sha256(ckpt),
+        "config": meta["config"],
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -125,19 +125,97 @@ def to_yaml_dict(d: dict) -> str:
 
 
 @main.command("reconstruct")
-@click.argument("ckpt", type=click.Path())
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="PNG path (default: beside CKPT).")
-@click.option("--num-images", type=int, default=8, show_default=True)
-@click.option("--scale", type=int, default=1, show_default=True, help="Render the INR at this many times the size.")
-@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
-@click.option("--data-root", default=None, help="Override the dataset location stored in the checkpoint.")
-def reconstruct_cmd(ckpt, out, num_images, scale, split, data_root) -> None:
-    """Write a PNG grid: input, masked input, reconstruction, pasted, ground truth (one row per image)."""
-    from minr.reconstruct import reconstruction_grid
+@click.argument("ckpt_args", nargs=-1, type=click.Path())
+@click.option(
+    "--ckpt", "ckpts", multiple=True, help="A pretrained checkpoint; repeat to compare (or give them as arguments)."
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="A folder: the full evaluation (PSNR tables, statistics, figures, grids). A .png path, or nothing: only "
+    "the reconstruction grid of one checkpoint (default: beside it).",
+)
+@click.option(
+    "--dataset", "datasets", multiple=True, help="Evaluation dataset; repeat (default: each checkpoint's own)."
+)
+@click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="[default: test; grid: val]")
+@click.option(
+    "--mask-ratios", default=None, help="Comma-separated, each in (0, 1). [default: 0.5,0.6,0.7,0.75,0.8,0.9]"
+)
+@click.option("--mask-kinds", default=None, help="Comma-separated: random, block, bernoulli. [default: all three]")
+@click.option("--max-images", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation masks.")
+@click.option("--no-floors", is_flag=True, help="Leave out the floors (mean image, nearest visible pixel, inpainting).")
+@click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of the grids.")
+@click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Render MINR at this many times the size in the grids.",
+)
+@device_option
+@quiet_option
+def reconstruct_cmd(
+    ckpt_args,
+    ckpts,
+    out,
+    datasets,
+    data_root,
+    split,
+    mask_ratios,
+    mask_kinds,
+    max_images,
+    seed,
+    no_floors,
+    num_images,
+    scale,
+    device,
+    quiet,
+) -> None:
+    """Reconstruction evaluation of pretrained checkpoints (MINR and MAE) under three PSNR protocols, mask ratios
+    and kinds, in and out of domain, with floors and paired statistics; or one checkpoint's reconstruction grid."""
+    from minr.errors import MinrError
 
-    path = Path(out) if out else Path(ckpt).with_name(f"reconstruction_x{scale}.png")
-    reconstruction_grid(ckpt, path, num_images=num_images, scale=scale, split=split, data_root=data_root)
-    console.print(f"wrote {path}")
+    all_ckpts = tuple(ckpt_args) + tuple(ckpts)
+    if not all_ckpts:
+        raise MinrError("give at least one checkpoint (as an argument or with --ckpt)")
+    if out is None or out.endswith(".png"):
+        from minr.recon.grid import reconstruction_grid
+
+        if len(all_ckpts) > 1:
+            raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")
+        path = Path(out) if out else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
+        reconstruction_grid(
+            all_ckpts[0], path, num_images=num_images, scale=scale, split=split or "val", data_root=data_root
+        )
+        console.print(f"wrote {path}")
+        return
+    from minr.build import encoder_skeleton
+    from minr.recon.evaluate import ReconConfig
+    from minr.recon.report import run_reconstruct
+
+    own = tuple(dict.fromkeys(encoder_skeleton(c)[1]["config"]["data"]["name"] for c in all_ckpts))
+    cfg = ReconConfig(
+        ckpts=all_ckpts,
+        datasets=tuple(datasets) or own,
+        data_root=data_root,
+        split=split or "test",
+        mask_ratios=floats(mask_ratios, "--mask-ratios") or ReconConfig.__dataclass_fields__["mask_ratios"].default,
+        mask_kinds=tuple(k.strip() for k in mask_kinds.split(","))
+        if mask_kinds
+        else ReconConfig.__dataclass_fields__["mask_kinds"].default,
+        max_images=max_images,
+        seed=seed,
+        floors=not no_floors,
+        scale=scale,
+        grid_images=num_images,
+        device=device,
+    )
+    run_reconstruct(cfg, out, progress=not quiet)
+    console.print(f"wrote {out}/results.json, results.md, per_image.npz and figures")
 
 
 @main.command("compare")
@@ -145,13 +223,26 @@ def reconstruct_cmd(ckpt, out, num_images, scale, split, data_root) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table as Markdown.")
 def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     """Print the validation PSNR (three protocols), speed and memory of pretraining runs side by side."""
-    from minr.checkpoint import atomic_write_text
-    from minr.summary import COLUMNS, format_cell, load_summaries, markdown_table
+    from minr.io import atomic_write_text
+    from minr.report import markdown_table
+    from minr.summary import COLUMNS, format_cell, load_summaries
 
     rows = load_summaries(list(runs))
-    table = Table(*(title for _, title in COLUMNS), title="validation reconstruction, same data, masks and budget")
-    for r in rows:
-        table.add_row(*(format_cell(r.get(k)) for k, _ in COLUMNS))
-    console.print(table)
+    headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]
+    print_table(headers, cells, title="validation reconstruction, same data, masks and budget")
     if out:
-        atomic_write_text(Path(out), markdown_table(rows))
+        atomic_write_text(Path(out), markdown_table(headers, cells))
+
+
+@main.command("import-mae")
+@click.argument("file", type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The minr checkpoint to write.")
+@click.option("--num-heads", type=click.IntRange(min=1), default=None, help="Default: 12 for ViT-B, 16 for ViT-L.")
+@click.option("--norm-pix-loss/--no-norm-pix-loss", default=True, show_default=True, help="How it was trained.")
+def import_mae_cmd(file: str, out: str, num_heads: int | None, norm_pix_loss: bool) -> None:
+    """Convert an official MAE checkpoint (mae_pretrain_vit_base.pth layout) into a minr checkpoint, loading it
+    without unpickling arbitrary objects; probe, fine-tune or export it like any minr MAE."""
+    from minr.imports import import_mae
+
+    path = import_mae(file, out, num_heads=num_heads, norm_pix_loss=norm_pix_loss)
+    console.print(f"wrote {path}")

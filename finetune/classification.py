@@ -1,11 +1,11 @@
-"""`minrctl finetune --task classification`: the MAE fine-tuning recipe scaled to the data, for every
-checkpoint and seed, with exact resume and the paired MINR - MAE comparison of the probes."""
+"""`minrctl finetune --task classification`: the MAE fine-tuning recipe scaled to the data, for every checkpoint
+and seed, through the one training loop (exact resume), with the paired MINR - MAE comparison."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,51 +16,37 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from torch.utils.data import DataLoader
 
-from finetune.classifier import TOKEN_KINDS, EncoderClassifier, freeze_all_but_last, layer_decay_groups
+from finetune.classifier import EncoderClassifier, freeze_all_but_last
+from finetune.configs import FinetuneConfig
+from finetune.report import FinetuneEntry, FinetuneResults, run_name, write_results
 from minr.build import encoder_skeleton, model_from_checkpoint
-from minr.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from minr.config import DataConfig, OptimConfig
+from minr.checkpoint import checkpoint_meta
 from minr.data import load_split
 from minr.errors import MinrError
-from minr.progress import TrainProgress
-from minr.train import epoch_batches, lr_at, resolve_device, step_seed
+from minr.io import git_sha, locked_dir
+from minr.loop import LoopPlan, StepResult, fit, open_run, restore
+from minr.optim import layer_decay_groups
+from minr.runtime import hardware, resolve_device
+from minr.stats import minr_vs_mae
 
 CKPT = "finetune.safetensors"
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    ckpts: tuple[str, ...]
-    data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 3
-    max_steps: int | None = None
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    warmup_fraction: float = 0.1
-    drop_path: float = 0.1
-    label_smoothing: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    trainable_blocks: int | None = None
-    kind: str | None = None
-    seeds: int = 1
-    device: str = "auto"
+class SeedRun:
+    """One checkpoint fine-tuned with one seed."""
 
-    def __post_init__(self) -> None:
-        if not self.ckpts:
-            raise MinrError("give at least one --ckpt")
-        for name in ("epochs", "batch_size", "seeds"):
-            if getattr(self, name) < 1:
-                raise MinrError(f"--{name.replace('_', '-')} must be >= 1")
-        if not 0 < self.layer_decay <= 1:
-            raise MinrError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+    predictions: np.ndarray  # test predictions
+    labels: np.ndarray
+    test_accuracy: float
+    val_accuracy: float
+    steps: int
+    train_images_per_s: float | None
 
 
 def _build(cfg: FinetuneConfig, ckpt: str, num_classes: int, device: torch.device) -> EncoderClassifier:
     encoder, _, _ = model_from_checkpoint(ckpt, drop_path_rate=cfg.drop_path)
-    model = EncoderClassifier(encoder, num_classes, kind=cfg.kind or TOKEN_KINDS[encoder.family][0])
+    model = EncoderClassifier(encoder, num_classes, kind=cfg.kind or encoder.FINETUNE_KIND)
     freeze_all_but_last(model, cfg.trainable_blocks)
     return model.to(device)
 
@@ -72,176 +58,143 @@ def predict(model: EncoderClassifier, data, device: torch.device, batch_size: in
     return torch.cat(out).numpy()
 
 
-def finetune_one(
-    cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume: bool, progress: bool
-) -> dict[str, Any]:
+def settings(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The settings that shape every run (not which checkpoints, how many seeds or where it runs)."""
+    d = dataclasses.asdict(cfg)
+    for k in ("ckpts", "seeds", "device"):
+        d.pop(k)
+    return d
+
+
+def identity(cfg: FinetuneConfig, ckpt: str, seed: int) -> dict[str, Any]:
+    """What one fine-tuning run is: its settings, the pretrained checkpoint and the seed (resume checks them)."""
+    return {**settings(cfg), "pretrained": str(ckpt), "seed": seed}
+
+
+def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume: bool, progress: bool) -> SeedRun:
     """Fine-tune one checkpoint with one seed; checkpoints in `out`, resumable exactly."""
     device = resolve_device(cfg.device)
-    size = _size(ckpt)
+    skeleton, pre_meta = encoder_skeleton(ckpt)
+    size = {"image_size": skeleton.image_size, "in_chans": skeleton.in_chans}
     train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))
     if train.multilabel:
         raise MinrError(f"{cfg.data.name} has multi-label attributes; classification needs one label per image")
     num_classes = len(train.classes)
-    torch.manual_seed(seed)
-    model = _build(cfg, ckpt, num_classes, device)
-    optim = torch.optim.AdamW(
-        layer_decay_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay),
-        betas=(0.9, 0.999),
-    )
-    steps_per_epoch = len(train) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise MinrError(f"{len(train)} training images are fewer than one batch of {cfg.batch_size}")
-    total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
-    sched = OptimConfig(lr=1.0, schedule="cosine", warmup_fraction=cfg.warmup_fraction)
-    mixup = (
-        Mixup(
-            mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes
+    with locked_dir(out):
+        state = open_run(out / CKPT, identity=identity(cfg, ckpt, seed), resume=resume)
+        torch.manual_seed(seed)
+        model = _build(cfg, ckpt, num_classes, device)
+        optim = torch.optim.AdamW(
+            layer_decay_groups(
+                model, model.encoder, prefix="encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+            ),
+            betas=(0.9, 0.999),
         )
-        if cfg.mixup or cfg.cutmix
-        else None
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    step = _resume(out, model, optim, cfg, ckpt, seed) if resume else _fresh(out)
-    seen, busy = 0, 0.0
-    with TrainProgress(total, start=step, enabled=progress, description=f"finetune {out.parent.name}") as bar:
-        while step < total:
-            epoch = step // steps_per_epoch
-            batches = epoch_batches(len(train), cfg.batch_size, epoch, seed)[step % steps_per_epoch :]
-            for x, y, _ in DataLoader(train, batch_sampler=batches):
-                t0 = time.perf_counter()
-                torch.manual_seed(step_seed(seed, step, 0))
-                np.random.seed(step_seed(seed, step, 0) % 2**32)  # timm's Mixup draws from numpy
-                for g in optim.param_groups:
-                    g["lr"] = cfg.lr * g["lr_scale"] * lr_at(step, total, sched)
-                model.train()
-                x, y = x.to(device), y.to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    if mixup is not None:
-                        x, soft = mixup(x, y)
-                        loss = SoftTargetCrossEntropy()(model(x).float(), soft)
-                    else:
-                        loss = F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing)
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                step += 1
-                busy += time.perf_counter() - t0
-                seen += len(x)
-                bar.update(step, loss=loss.item(), psnr=None, ips=seen / busy)
-                if step % steps_per_epoch == 0 or step == total:
-                    save_checkpoint(
-                        out / CKPT,
-                        model_state=model.state_dict(),
-                        optim_state=optim.state_dict(),
-                        meta=_meta(cfg, ckpt, seed, step),
-                    )
-                if step >= total:
-                    break
-    pred = predict(model, test, device)
-    val_acc = float((predict(model, val, device) == val.source.labels).mean())
-    return {
-        "predictions": pred,
-        "labels": test.source.labels,
-        "test_accuracy": float((pred == test.source.labels).mean()),
-        "val_accuracy": val_acc,
-        "steps": step,
-        "train_images_per_s": seen / busy if busy else None,
-    }
+        start, sha = restore(state, model, optim), git_sha()
+        steps_per_epoch = len(train) // cfg.batch_size
+        total = min(cfg.epochs * max(steps_per_epoch, 1), cfg.max_steps or 10**12)
+        mixup = None
+        if cfg.mixup or cfg.cutmix:
+            mixup = Mixup(
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                label_smoothing=cfg.label_smoothing,
+                num_classes=num_classes,
+            )
 
+        def step_fn(batch, step: int) -> StepResult:
+            x, y, _ = batch
+            x, y = x.to(device), y.to(device)
+            if mixup is not None:
+                x, soft = mixup(x, y)
+                return StepResult(SoftTargetCrossEntropy()(model(x).float(), soft), len(x))
+            return StepResult(F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing), len(x))
 
-def _size(ckpt: str) -> dict[str, int]:
-    model, _ = encoder_skeleton(ckpt)
-    return {"image_size": model.image_size, "in_chans": model.in_chans}
+        def meta(step: int, epoch: int) -> dict[str, Any]:
+            return checkpoint_meta(
+                "finetune",
+                model=pre_meta["model"],
+                model_args=pre_meta["config"]["model_args"],
+                family=skeleton.family,
+                config=identity(cfg, ckpt, seed),
+                step=step,
+                epoch=epoch,
+                git_sha=sha,
+                pretrained=str(ckpt),
+                seed=seed,
+            )
 
-
-def _meta(cfg: FinetuneConfig, ckpt: str, seed: int, step: int) -> dict[str, Any]:
-    return {"kind": "finetune", "config": _cfg_dict(cfg), "pretrained": str(ckpt), "seed": seed, "step": step}
-
-
-def _cfg_dict(cfg: FinetuneConfig) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    d.pop("ckpts")
-    d.pop("seeds")
-    d.pop("device")
-    return d
-
-
-def _fresh(out: Path) -> int:
-    if (out / CKPT).exists():
-        raise MinrError(f"{out} already holds a fine-tuning run; pass --resume or choose another --out")
-    return 0
-
-
-def _resume(out: Path, model, optim, cfg: FinetuneConfig, ckpt: str, seed: int) -> int:
-    if not (out / CKPT).exists():
-        return 0
-    c = load_checkpoint(out / CKPT)
-    if c.meta.get("config") != _cfg_dict(cfg) or c.meta.get("pretrained") != str(ckpt):
-        raise MinrError(
-            f"--resume into {out}: it was fine-tuned with other settings or another checkpoint; "
-            "use the same options or a new --out"
+        plan = LoopPlan(
+            total=total,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            lr=cfg.lr,
+            schedule="cosine",
+            warmup_fraction=cfg.warmup_fraction,
         )
-    model.load_state_dict(c.model_state)
-    optim.load_state_dict(c.optim_state)
-    return c.meta["step"]
-
-
-def _name(ckpt: str, taken: set[str]) -> str:
-    name = read_meta(ckpt).get("model", Path(ckpt).stem)
-    return f"{Path(ckpt).parent.name}/{name}" if name in taken else name
+        result = fit(
+            model=model,
+            optimizer=optim,
+            dataset=train,
+            step_fn=step_fn,
+            plan=plan,
+            ckpt_path=out / CKPT,
+            meta=meta,
+            device=device,
+            start_step=start,
+            progress=progress,
+            description=f"finetune {out.parent.name}",
+        )
+        pred = predict(model, test, device)
+        val_acc = float((predict(model, val, device) == val.source.labels).mean())
+    return SeedRun(
+        pred, test.source.labels, float((pred == test.source.labels).mean()), val_acc, result.step, result.images_per_s
+    )
 
 
 def run_finetune(
     cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
+) -> FinetuneResults:
     """Every checkpoint x seed; then accuracy mean ± std and the paired MINR - MAE comparison (seed 0)."""
-    from finetune.report import write_results
-    from probes.stats import compare
-
     out, t0 = Path(out_dir), time.perf_counter()
-    entries, taken = [], set()
-    for ckpt in cfg.ckpts:
-        name = _name(ckpt, taken)
-        taken.add(name)
-        runs = [
-            finetune_one(cfg, ckpt, s, out / name.replace("/", "_") / f"seed{s}", resume=resume, progress=progress)
-            for s in range(cfg.seeds)
-        ]
-        accs = [r["test_accuracy"] for r in runs]
-        entries.append(
-            {
-                "name": name,
-                "ckpt": str(ckpt),
-                "family": read_meta(ckpt)["family"],
-                "mean": float(np.mean(accs)),
-                "std": float(np.std(accs)),
-                "per_seed": accs,
-                "val_accuracy": [r["val_accuracy"] for r in runs],
-                "steps": runs[0]["steps"],
-                "train_images_per_s": runs[0]["train_images_per_s"],
-                "_runs": runs,
-            }
+    with locked_dir(out):
+        entries, runs, taken = [], {}, set()
+        for ckpt in cfg.ckpts:
+            name, family = run_name(ckpt, taken)
+            runs[name] = [
+                finetune_one(cfg, ckpt, s, out / name.replace("/", "_") / f"seed{s}", resume=resume, progress=progress)
+                for s in range(cfg.seeds)
+            ]
+            accs = [r.test_accuracy for r in runs[name]]
+            entries.append(
+                FinetuneEntry(
+                    name=name,
+                    ckpt=str(ckpt),
+                    family=family,
+                    mean=float(np.mean(accs)),
+                    std=float(np.std(accs)),
+                    per_seed=accs,
+                    val_accuracy=[r.val_accuracy for r in runs[name]],
+                    steps=runs[name][0].steps,
+                    train_images_per_s=runs[name][0].train_images_per_s,
+                )
+            )
+        labels = runs[entries[0].name][0].labels
+        paired = minr_vs_mae(
+            [(e.name, e.family, runs[e.name][0].predictions == labels) for e in entries],
+            method="finetune",
+            metric="accuracy",
         )
-    labels = entries[0]["_runs"][0]["labels"]
-    paired = [
-        {
-            "a": a["name"],
-            "b": b["name"],
-            "method": "finetune",
-            **compare(a["_runs"][0]["predictions"] == labels, b["_runs"][0]["predictions"] == labels),
-        }
-        for a in entries
-        if a["family"] == "minr"
-        for b in entries
-        if b["family"] == "mae"
-    ]
-    results = {
-        "task": "classification",
-        "config": {**_cfg_dict(cfg), "seeds": cfg.seeds},
-        "entries": entries,
-        "paired": paired,
-        "test_images": len(labels),
-        "runtime_s": time.perf_counter() - t0,
-    }
-    write_results(results, out, labels)
+        results = FinetuneResults(
+            task="classification",
+            config={**settings(cfg), "seeds": cfg.seeds},
+            entries=entries,
+            paired=paired,
+            evaluated_images=len(labels),
+            runtime_s=time.perf_counter() - t0,
+            git_sha=git_sha(),
+            hardware=hardware(),
+        )
+        arrays = {f"{n}|seed{s}": r.predictions for n, rs in runs.items() for s, r in enumerate(rs)}
+        write_results(results, out, {"labels": labels, **arrays})
     return results

@@ -20,10 +20,12 @@ import torch
 from safetensors.torch import save_file
 
 import finetune  # noqa: F401  (mmcv.ops stand-in before mmseg)
-from finetune.segmentation import NORM, out_indices
+from finetune.mmseg_config import IMAGENET, backbone_levels, segmentor_config
 from minr.build import model_from_checkpoint
-from minr.checkpoint import atomic_write_bytes, atomic_write_text, publish
+from minr.config import PretrainConfig
 from minr.errors import MinrError
+from minr.io import atomic_write_bytes, atomic_write_text, publish, tmp_path
+from minr.models import Encoder
 
 _MAE_KEYS = [
     (r"^patch_embed\.proj\.", "patch_embed.projection."),
@@ -48,42 +50,42 @@ def mae_to_mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def _backbone_cfg(model, weights: str) -> dict[str, Any]:
-    depth = len(model.blocks)
+def _backbone_cfg(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str, Any]:
+    info = model.info()
+    levels = list(backbone_levels(info, feature="tokens", frozen=False))
     init = {"type": "Pretrained", "checkpoint": weights}
-    if model.family == "mae":
+    if info.family == "mae":  # mmseg's own MAE backbone
         return {
             "type": "MAE",
             "img_size": (512, 512),
             "patch_size": model.patch_size,
-            "in_channels": model.in_chans,
-            "embed_dims": model.embed_dim,
-            "num_layers": depth,
+            "in_channels": info.in_chans,
+            "embed_dims": info.width,
+            "num_layers": info.depth,
             "num_heads": model.blocks[0].attn.num_heads,
             "mlp_ratio": 4,
             "norm_cfg": {"type": "LN", "eps": 1e-6},  # MAE's LayerNorm eps (mmseg defaults to 1e-5)
             "init_values": 1.0,
             "drop_path_rate": 0.1,
-            "out_indices": list(out_indices(depth)),
+            "out_indices": levels,
             "init_cfg": init,
         }
     return {
         "type": "MinrBackbone",
-        "model_name": model.model_name,
-        "model_args": model.model_args,
-        "out_indices": list(out_indices(depth)),
+        "model_name": cfg.model,
+        "model_args": cfg.model_args,
+        "out_indices": levels,
         "feature": "tokens",
         "drop_path_rate": 0.1,
         "init_cfg": init,
     }
 
 
-def mmseg_config(model, weights: str) -> dict[str, Any]:
+def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str, Any]:
     """UPerNet on ADE20K, 512 crop, AdamW lr 1e-4 wd 0.05 layer decay 0.65, 1,500 warm-up iters then poly,
     160k iterations, batch 16 (mmseg's mae-base_upernet_8xb2-amp-160k_ade20k-512x512)."""
-    d, c = model.embed_dim, model.in_chans
-    ce = {"type": "CrossEntropyLoss", "use_sigmoid": False}
-    head = {"num_classes": 150, "norm_cfg": NORM, "align_corners": False}
+    info = model.info()
+    c = info.in_chans
     train_pipe = [
         {"type": "LoadImageFromFile"},
         {"type": "LoadAnnotations", "reduce_zero_label": True},
@@ -114,45 +116,19 @@ def mmseg_config(model, weights: str) -> dict[str, Any]:
             },
         }
 
-    cfg = {
+    preprocessor = {"mean": IMAGENET["mean"][:c], "std": IMAGENET["std"][:c], "bgr_to_rgb": True, "size": (512, 512)}
+    out = {
         "default_scope": "mmseg",
-        "model": {
-            "type": "EncoderDecoder",
-            "backbone": _backbone_cfg(model, weights),
-            "data_preprocessor": {
-                "type": "SegDataPreProcessor",
-                "mean": [123.675, 116.28, 103.53][:c],
-                "std": [58.395, 57.12, 57.375][:c],
-                "bgr_to_rgb": True,
-                "pad_val": 0,
-                "seg_pad_val": 255,
-                "size": (512, 512),
-            },
-            "neck": {"type": "Feature2Pyramid", "embed_dim": d, "rescales": [4, 2, 1, 0.5], "norm_cfg": NORM},
-            "decode_head": {
-                "type": "UPerHead",
-                "in_channels": [d] * 4,
-                "in_index": [0, 1, 2, 3],
-                "pool_scales": (1, 2, 3, 6),
-                "channels": 768,
-                "dropout_ratio": 0.1,
-                "loss_decode": {**ce, "loss_weight": 1.0},
-                **head,
-            },
-            "auxiliary_head": {
-                "type": "FCNHead",
-                "in_channels": d,
-                "in_index": 2,
-                "channels": 256,
-                "num_convs": 1,
-                "concat_input": False,
-                "dropout_ratio": 0.1,
-                "loss_decode": {**ce, "loss_weight": 0.4},
-                **head,
-            },
-            "train_cfg": {},
-            "test_cfg": {"mode": "whole"},
-        },
+        "model": segmentor_config(
+            _backbone_cfg(model, cfg, weights),
+            channels=info.width,
+            num_classes=150,
+            frozen=False,
+            pyramid=True,
+            head_channels=768,
+            aux_channels=256,
+            preprocessor=preprocessor,
+        ),
         "train_dataloader": loader("training", train_pipe, 2, True),
         "val_dataloader": loader("validation", test_pipe, 1, False),
         "test_dataloader": loader("validation", test_pipe, 1, False),
@@ -162,7 +138,7 @@ def mmseg_config(model, weights: str) -> dict[str, Any]:
             "type": "AmpOptimWrapper",
             "optimizer": {"type": "AdamW", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.05},
             "constructor": "LayerDecayOptimizerConstructor",
-            "paramwise_cfg": {"num_layers": len(model.blocks), "layer_decay_rate": 0.65},
+            "paramwise_cfg": {"num_layers": info.depth, "layer_decay_rate": 0.65},
         },
         "param_scheduler": [
             {"type": "LinearLR", "start_factor": 1e-6, "by_epoch": False, "begin": 0, "end": 1500},
@@ -177,23 +153,24 @@ def mmseg_config(model, weights: str) -> dict[str, Any]:
         },
         "env_cfg": {"dist_cfg": {"backend": "nccl"}},
     }
-    if model.family == "minr":  # mmseg must import minr's backbone; mmseg's layer decay needs its own naming
-        cfg["custom_imports"] = {"imports": ["finetune.seg_backbone"], "allow_failed_imports": False}
-        cfg["optim_wrapper"].pop("constructor")
-        cfg["optim_wrapper"].pop("paramwise_cfg")
-    return cfg
+    if info.family == "minr":  # mmseg must import minr's backbone; mmseg's layer decay needs its own naming
+        out["custom_imports"] = {"imports": ["finetune.seg_backbone"], "allow_failed_imports": False}
+        out["optim_wrapper"].pop("constructor")
+        out["optim_wrapper"].pop("paramwise_cfg")
+    return out
 
 
-def _mmseg_weights(model) -> dict[str, torch.Tensor]:
+def _mmseg_weights(model: Encoder, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     """Backbone weights in mmseg's names, checked against the backbone that mmseg builds."""
     from mmseg.registry import MODELS
 
-    cfg = _backbone_cfg(model, "")
-    cfg.pop("init_cfg")
-    if model.family == "mae":
-        cfg["img_size"] = (model.image_size, model.image_size)
-    target = MODELS.build(cfg).state_dict()
-    if model.family == "mae":
+    bb = _backbone_cfg(model, cfg, "")
+    bb.pop("init_cfg")
+    mae = model.info().family == "mae"
+    if mae:
+        bb["img_size"] = (model.image_size, model.image_size)
+    target = MODELS.build(bb).state_dict()
+    if mae:
         weights = mae_to_mmseg_keys(model.state_dict())
         for k, v in target.items():  # identity for BEiT-only parts: layer scale 1, relative position bias 0
             if k not in weights and _IDENTITY.search(k):
@@ -214,15 +191,13 @@ def _mmseg_weights(model) -> dict[str, torch.Tensor]:
 
 
 def export(ckpt: str, out_dir: str | Path, *, to: str) -> dict[str, str]:
-    model, cfg, meta = model_from_checkpoint(ckpt)
-    model.model_name, model.model_args = cfg.model, cfg.model_args
+    if to not in ("mmseg", "timm"):
+        raise MinrError(f"--to must be mmseg or timm, got {to!r}")
+    model, cfg, _ = model_from_checkpoint(ckpt)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if to == "timm":
         return _export_timm(model, out)
-    if to != "mmseg":
-        raise MinrError(f"--to must be mmseg or timm, got {to!r}")
-    weights = _mmseg_weights(model)
+    weights = _mmseg_weights(model, cfg)
     buf = io.BytesIO()
     torch.save(weights, buf)  # plain tensors: loads with torch.load(weights_only=True), as mmengine does
     weights_path = out / "backbone.pth"
@@ -230,17 +205,18 @@ def export(ckpt: str, out_dir: str | Path, *, to: str) -> dict[str, str]:
     from mmengine.config import Config
 
     config_path = out / f"{cfg.model}_upernet_ade20k-512x512.py"
-    atomic_write_text(config_path, Config(mmseg_config(model, str(weights_path.resolve()))).pretty_text)
+    atomic_write_text(config_path, Config(mmseg_config(model, cfg, str(weights_path.resolve()))).pretty_text)
     return {"weights": str(weights_path), "config": str(config_path)}
 
 
 def timm_kwargs(model) -> dict[str, Any]:
+    info = model.info()
     return {
-        "img_size": model.image_size,
+        "img_size": info.image_size,
         "patch_size": model.patch_size,
-        "in_chans": model.in_chans,
-        "embed_dim": model.embed_dim,
-        "depth": len(model.blocks),
+        "in_chans": info.in_chans,
+        "embed_dim": info.width,
+        "depth": info.depth,
         "num_heads": model.blocks[0].attn.num_heads,
         "mlp_ratio": 4.0,
         "qkv_bias": True,
@@ -249,8 +225,8 @@ def timm_kwargs(model) -> dict[str, Any]:
     }
 
 
-def _export_timm(model, out: Path) -> dict[str, str]:
-    if model.family != "mae":
+def _export_timm(model: Encoder, out: Path) -> dict[str, str]:
+    if model.info().family != "mae":
         raise MinrError(
             "--to timm: MINR hypernetworks (padded tokenizer, weight tokens, INR heads) have no timm "
             "architecture; use --to mmseg, or the encoder through minr's own interface"
@@ -262,8 +238,9 @@ def _export_timm(model, out: Path) -> dict[str, str]:
     weights = {k: v.contiguous() for k, v in model.state_dict().items() if model.is_encoder_parameter(k)}
     vit = VisionTransformer(**timm_kwargs(model), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
     vit.load_state_dict(weights, strict=True)  # refuses before writing when anything differs
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
-    tmp = out / ".model.safetensors.tmp"
+    tmp = tmp_path(path)
     save_file(weights, str(tmp))
     publish(tmp, path)
     atomic_write_text(

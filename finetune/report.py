@@ -1,69 +1,108 @@
-"""results.json / results.md / predictions.npz and a rich table for fine-tuning and segmentation runs."""
+"""Typed results of fine-tuning and segmentation, and their results.json / results.md / predictions.npz and rich
+table. Writers never change the results they are given."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
-from minr.checkpoint import atomic_write_bytes, atomic_write_text, git_sha
-from probes.report import hardware
-
-console = Console()
+from minr.checkpoint import read_meta, short_name
+from minr.io import atomic_write_bytes, atomic_write_text, write_json
+from minr.report import markdown_table, pct, print_table, signed_pct
+from minr.stats import Paired
 
 
-def _pct(mean: float, std: float | None = None) -> str:
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+@dataclass(frozen=True)
+class FinetuneEntry:
+    """One checkpoint fine-tuned for classification: test accuracy over seeds."""
+
+    name: str
+    ckpt: str
+    family: str
+    mean: float
+    std: float
+    per_seed: list[float]
+    val_accuracy: list[float]
+    steps: int
+    train_images_per_s: float | None
 
 
-def write_results(
-    results: dict[str, Any],
-    out: Path,
-    labels: np.ndarray | None = None,
-    columns: tuple[tuple[str, str], ...] = (("mean", "test accuracy %"),),
-) -> None:
-    """Write everything; entries' private `_runs` keep per-sample predictions, which go to predictions.npz."""
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {}
-    for e in results["entries"]:
-        for s, r in enumerate(e.pop("_runs", [])):
-            if "predictions" in r:
-                arrays[f"{e['name']}|seed{s}"] = r["predictions"]
-    if labels is not None:
-        buf = io.BytesIO()
-        np.savez(buf, labels=labels, **arrays)
-        atomic_write_bytes(out / "predictions.npz", buf.getvalue())
-    results["git_sha"], results["hardware"] = git_sha(), hardware()
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
-    head = ["model", *(t for _, t in columns), "images/s"]
-    lines = [f"# {results['task']}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    table = Table(*head, title=results["task"])
-    for e in results["entries"]:
-        cells = [
-            e["name"],
-            *(_pct(e[k], e.get("std") if k == "mean" else None) for k, _ in columns),
-            f"{e.get('train_images_per_s') or 0:.0f}",
+@dataclass(frozen=True)
+class SegEntry:
+    """One checkpoint x backbone feature trained for segmentation: mIoU (a fraction) over seeds, and the rest."""
+
+    name: str
+    ckpt: str
+    family: str
+    feature: str
+    mean: float
+    std: float
+    per_seed: list[float]
+    mAcc: float
+    aAcc: float
+    per_class_IoU: dict[str, float]
+    train_images_per_s: float | None
+    first_loss: float | None  # of this session's steps: a resumed run that had finished has none
+    last_loss: float | None
+
+
+@dataclass(frozen=True)
+class FinetuneResults:
+    task: str  # "classification" or "segmentation"
+    config: dict[str, Any]
+    entries: list[FinetuneEntry] | list[SegEntry]
+    paired: list[Paired]
+    evaluated_images: int  # test images (classification) or val images (segmentation)
+    runtime_s: float
+    git_sha: str
+    hardware: dict[str, Any]
+    dataset: str | None = None
+
+
+def run_name(ckpt: str, taken: set[str]) -> tuple[str, str]:
+    """A short unique name for a checkpoint and its family."""
+    return short_name(ckpt, taken), read_meta(ckpt)["family"]
+
+
+def _columns(results: FinetuneResults) -> tuple[list[str], list[list[str]]]:
+    if results.task == "segmentation":
+        head = ["model:feature", "mIoU (mean ± std)", "mAcc", "aAcc", "train img/s"]
+        rows = [
+            [e.name, f"{pct(e.mean)} ± {pct(e.std)}", pct(e.mAcc), pct(e.aAcc), f"{e.train_images_per_s or 0:.0f}"]
+            for e in results.entries
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-        table.add_row(*cells)
-    if results.get("paired"):
-        lines += [
-            "",
-            "## Paired MINR - MAE (bootstrap 95% CI)",
-            "",
-            "| MINR | MAE | diff (pts) | 95% CI | p |",
-            "|---|---|---|---|---|",
+        return head, rows
+    head = ["model", "test accuracy % (mean ± std)", "train img/s"]
+    rows = [[e.name, f"{pct(e.mean)} ± {pct(e.std)}", f"{e.train_images_per_s or 0:.0f}"] for e in results.entries]
+    return head, rows
+
+
+def markdown(results: FinetuneResults) -> str:
+    head, rows = _columns(results)
+    parts = [f"# {results.task}\n", markdown_table(head, rows)]
+    if results.paired:
+        test = "McNemar" if results.paired[0].test == "mcnemar" else "Wilcoxon signed-rank"
+        paired = [
+            [p.a, p.b, signed_pct(p.diff), f"[{signed_pct(p.ci_low)}, {signed_pct(p.ci_high)}]", f"{p.p:.3g}"]
+            for p in results.paired
         ]
-        for p in results["paired"]:
-            pval = f"{p['mcnemar_p']:.3g}" if "mcnemar_p" in p else "n/a (per-image IoU)"
-            lines.append(
-                f"| {p['a']} | {p['b']} | {100 * p['diff']:+.2f} | [{100 * p['ci_low']:+.2f}, "
-                f"{100 * p['ci_high']:+.2f}] | {pval} |"
-            )
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
-    console.print(table)
+        parts += [
+            f"## Paired MINR - MAE ({results.paired[0].metric} per image; bootstrap 95% CI; {test})\n",
+            markdown_table(["MINR", "MAE", "diff (pts)", "95% CI", "p"], paired),
+        ]
+    return "\n".join(parts)
+
+
+def write_results(results: FinetuneResults, out: Path, arrays: dict[str, np.ndarray]) -> None:
+    """results.json, results.md and predictions.npz (per-image predictions or IoU) into `out`; print the table."""
+    write_json(out / "results.json", dataclasses.asdict(results))
+    atomic_write_text(out / "results.md", markdown(results))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+    print_table(*_columns(results), title=results.task)

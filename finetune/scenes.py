@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from minr.config import DataConfig
-from minr.data import FASHION_CLASSES, _sources
+from minr.data import FASHION_CLASSES, dataset_sources
 from minr.errors import MinrError
 
 CLASSES = ("background", *FASHION_CLASSES)
@@ -47,7 +47,7 @@ def make_fashion_scenes(
     if size < 28:
         raise MinrError(f"--size must be at least 28 (a garment), got {size}")
     out = Path(out)
-    sources = _sources(DataConfig(root=data_root))
+    sources = dataset_sources(DataConfig(root=data_root))
     rng = np.random.default_rng(seed)
     for split, n, src in (("train", n_train, sources["train"]), ("val", n_val, sources["test"])):
         (out / "img_dir" / split).mkdir(parents=True, exist_ok=True)

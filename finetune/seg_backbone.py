@@ -1,8 +1,8 @@
 """minr encoders as mmsegmentation backbones: multi-level feature maps from the common encoder interface.
 
-`feature="tokens"`: the data/patch tokens of the blocks in `out_indices`, as (B, D, h, w) maps on the token grid
-(what Feature2Pyramid expects from a ViT). `feature="inr"` (MINR only): the hidden activations of the INR rendered
-at every pixel, (B, hidden, H, W) maps at full resolution: a dense feature no ViT has.
+`feature="tokens"`: the spatial tokens of the blocks in `out_indices` (`Encoder.forward_intermediates`), as
+(B, D, h, w) maps on the token grid (what Feature2Pyramid expects from a ViT). `feature="inr"`: per-pixel maps
+at full resolution (`Encoder.dense_features`; MINR's INR hidden activations), a dense feature no ViT has.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
+from finetune.configs import FEATURES
 from minr.build import model_from_checkpoint
 from minr.errors import MinrError
 from minr.models import create_model
@@ -32,29 +33,26 @@ class MinrBackbone(BaseModule):
     ) -> None:
         super().__init__(init_cfg=init_cfg)
         if ckpt is not None:
-            self.encoder, _, _ = model_from_checkpoint(ckpt, drop_path_rate=drop_path_rate)
+            self.encoder, cfg, _ = model_from_checkpoint(ckpt, drop_path_rate=drop_path_rate)
+            model_name, model_args = cfg.model, cfg.model_args
         elif model_name is not None:  # weights come later (an exported checkpoint loaded by mmseg)
             self.encoder = create_model(model_name, **(model_args or {}), drop_path_rate=drop_path_rate)
         else:
             raise MinrError("MinrBackbone needs ckpt= or model_name=")
-        if feature not in ("tokens", "inr"):
+        if feature not in FEATURES:
             raise MinrError(f"backbone feature must be tokens or inr, got {feature!r}")
-        if feature == "inr" and self.encoder.family != "minr":
-            raise MinrError(
-                f"per-pixel INR features need a MINR checkpoint; {ckpt or model_name} is {self.encoder.family}"
-            )
-        depth = len(self.encoder.blocks)
-        n_levels = len(self.encoder.layer_shapes) - 1 if feature == "inr" else depth
+        info = self.encoder.info()
+        n_levels = info.dense_levels if feature == "inr" else info.depth
+        if n_levels == 0:
+            raise MinrError(f"--backbone inr needs per-pixel features; {ckpt or model_name} ({info.family}) has none")
         bad = [i for i in out_indices if not -n_levels <= i < n_levels]
         if bad:
             raise MinrError(f"out_indices {bad} do not exist: this encoder has {n_levels} {feature} levels")
+        self.ckpt, self.model_name, self.model_args = ckpt, model_name, dict(model_args or {})
         self.out_indices, self.feature, self.frozen = tuple(i % n_levels for i in out_indices), feature, frozen
+        self.channels = info.dense_width if feature == "inr" else info.width
         for name, p in self.encoder.named_parameters():
             p.requires_grad_(not frozen and self.encoder.is_encoder_parameter(name))
-
-    @property
-    def channels(self) -> int:
-        return self.encoder.layer_shapes[0][1] if self.feature == "inr" else self.encoder.embed_dim
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -65,8 +63,5 @@ class MinrBackbone(BaseModule):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             if self.feature == "inr":
-                return tuple(self.encoder.pixel_features(x, self.out_indices))
-            h, w = self.encoder.data_grid(x)
-            data = self.encoder.token_groups()["data" if self.encoder.family == "minr" else "patch"]
-            layers = self.encoder.get_intermediate_layers(x, list(self.out_indices))
-            return tuple(t[:, data].transpose(1, 2).reshape(len(x), -1, h, w) for t in layers)
+                return tuple(self.encoder.dense_features(x, self.out_indices))
+            return tuple(self.encoder.forward_intermediates(x, self.out_indices))

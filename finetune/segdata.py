@@ -7,8 +7,11 @@ folder; classes from `classes.json` or `classes.txt`, else from the largest labe
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from mmseg.registry import TRANSFORMS
 from PIL import Image
 
 from minr.errors import MinrError
+from minr.io import write_json
 
 IMG_SUFFIXES = (".png", ".jpg", ".jpeg")
 init_default_scope("mmseg")  # pipeline and model names resolve in mmseg's registries
@@ -89,7 +93,40 @@ def resolve(name: str) -> SegDatasetInfo:
         info = SegDatasetInfo(**{**info.__dict__, "classes": _classes(root, info)})
     for split in ("train", "val"):
         check_pairs(info, split)
+    check_labels(info)
     return info
+
+
+def label_cache_dir() -> Path:
+    base = Path(os.environ.get("MINR_CACHE", Path.home() / ".cache" / "minr" / "features"))
+    return base.parent / "seg-labels"
+
+
+def check_labels(info: SegDatasetInfo) -> None:
+    """Every annotation's labels are classes or the ignore index, checked up front (so a short run cannot miss a
+    bad file, and a bad validation label cannot fail only after training). One pass over the files, remembered
+    under a fingerprint of their names, sizes and times."""
+    files = sorted(p for split in ("train", "val") for p in (info.root / info.ann_dirs[split]).glob("*.png"))
+    h = hashlib.sha256(f"{info.kind}|{len(info.classes)}|{info.reduce_zero_label}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(info.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    done = label_cache_dir() / f"{h.hexdigest()[:32]}.json"
+    if done.is_file():
+        return
+    n = len(info.classes)
+    top = n if info.reduce_zero_label else n - 1  # ADE20K's raw labels are 1..150, 0 = ignore
+    for p in files:
+        with Image.open(p) as img:
+            values = np.unique(np.asarray(img))
+        bad = values[(values > top) & (values != 255)]
+        if bad.size:
+            raise MinrError(
+                f"annotation {p} has label {int(bad.max())} but the dataset has {n} classes "
+                f"({'1..' + str(n) + ', 0' if info.reduce_zero_label else '0..' + str(n - 1) + ', 255'} = ignore)"
+            )
+    with contextlib.suppress(MinrError):  # an unwritable cache only means checking again next time
+        write_json(done, {"files": len(files), "classes": n})
 
 
 def _suffix(folder: Path) -> str:

@@ -1,5 +1,5 @@
 """`minrctl finetune --task segmentation`: mmseg's Feature2Pyramid + UPerHead (+ auxiliary FCNHead), or a light
-FCN head on a frozen backbone, on minr encoders; trained by a plain PyTorch loop, scored by mmseg's IoUMetric.
+FCN head on a frozen backbone, on minr encoders; trained by the one training loop, scored by mmseg's IoUMetric.
 
 Regimes: "full" fine-tunes the backbone with layer-decayed AdamW (the MAE mmseg recipe: warm-up then poly);
 "frozen" trains only a one-conv FCN head on the last feature map (the cheap dense probe).
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,147 +22,56 @@ from mmseg.registry import MODELS
 from torch.utils.data import DataLoader
 
 from finetune import segdata
+from finetune.configs import SegConfig
+from finetune.mmseg_config import backbone_levels, segmentor_config
+from finetune.report import FinetuneResults, SegEntry, write_results
 from finetune.seg_backbone import MinrBackbone  # noqa: F401  (registers the backbone)
 from minr.build import encoder_skeleton
-from minr.checkpoint import load_checkpoint, save_checkpoint
+from minr.checkpoint import checkpoint_meta
 from minr.errors import MinrError
-from minr.progress import TrainProgress
-from minr.train import epoch_batches, resolve_device, step_seed
+from minr.io import git_sha, locked_dir
+from minr.loop import LoopPlan, StepResult, fit, open_run, restore
+from minr.optim import layer_decay_groups
+from minr.report import console
+from minr.runtime import hardware, resolve_device
+from minr.stats import minr_vs_mae
 
 CKPT = "segmentation.safetensors"
-NORM = {"type": "BN", "requires_grad": True}  # SyncBN in mmseg's configs; BN runs on one CPU process
-
-
-@dataclass(frozen=True)
-class SegConfig:
-    ckpts: tuple[str, ...]
-    data_root: str
-    iters: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    layer_decay: float = 0.65
-    warmup_fraction: float = 0.1
-    drop_path: float = 0.1
-    regime: str = "full"
-    backbones: tuple[str, ...] = ("tokens",)
-    head_channels: int = 64
-    crop: int | None = None
-    seeds: int = 1
-    max_images: int | None = None
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.regime not in ("full", "frozen"):
-            raise MinrError(f"--regime must be full or frozen, got {self.regime!r}")
-        if set(self.backbones) - {"tokens", "inr"}:
-            raise MinrError(f"--backbone must be tokens or inr, got {self.backbones}")
-        if self.iters < 1 or self.batch_size < 1:
-            raise MinrError("--max-steps and --batch-size must be >= 1")
-
-
-def out_indices(depth: int, levels: int = 4) -> tuple[int, ...]:
-    """Evenly spaced blocks ending with the last, e.g. depth 4 -> (0, 1, 2, 3), depth 12 -> (2, 5, 8, 11)."""
-    return tuple(round((i + 1) * depth / levels) - 1 for i in range(levels))
-
-
-def segmentor_config(
-    backbone: dict[str, Any],
-    *,
-    size_divisor: int,
-    channels: int,
-    num_classes: int,
-    in_chans: int,
-    regime: str,
-    feature: str,
-    head_channels: int,
-    ignore_index: int = 255,
-) -> dict[str, Any]:
-    """An mmseg EncoderDecoder config around a MinrBackbone."""
-    ce = {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": 1.0}
-    common = {"num_classes": num_classes, "norm_cfg": NORM, "align_corners": False, "ignore_index": ignore_index}
-    cfg = {
-        "type": "EncoderDecoder",
-        "backbone": backbone,
-        "train_cfg": {},
-        "test_cfg": {"mode": "whole"},
-        "data_preprocessor": {
-            "type": "SegDataPreProcessor",
-            "mean": [0.0] * in_chans,
-            "std": [255.0] * in_chans,
-            "bgr_to_rgb": in_chans == 3,
-            "pad_val": 0,
-            "seg_pad_val": ignore_index,
-            "size_divisor": size_divisor,
-        },
-    }
-    if regime == "frozen":
-        cfg["decode_head"] = {
-            "type": "FCNHead",
-            "in_channels": channels,
-            "in_index": 0,
-            "channels": head_channels,
-            "num_convs": 1,
-            "concat_input": False,
-            "dropout_ratio": 0.1,
-            "loss_decode": ce,
-            **common,
-        }
-        return cfg
-    if feature == "tokens":
-        cfg["neck"] = {"type": "Feature2Pyramid", "embed_dim": channels, "rescales": [4, 2, 1, 0.5], "norm_cfg": NORM}
-    cfg["decode_head"] = {
-        "type": "UPerHead",
-        "in_channels": [channels] * 4,
-        "in_index": [0, 1, 2, 3],
-        "pool_scales": (1, 2, 3, 6),
-        "channels": head_channels,
-        "dropout_ratio": 0.1,
-        "loss_decode": ce,
-        **common,
-    }
-    cfg["auxiliary_head"] = {
-        "type": "FCNHead",
-        "in_channels": channels,
-        "in_index": 2,
-        "channels": head_channels // 2,
-        "num_convs": 1,
-        "concat_input": False,
-        "dropout_ratio": 0.1,
-        "loss_decode": {**ce, "loss_weight": 0.4},
-        **common,
-    }
-    return cfg
 
 
 def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -> torch.nn.Module:
     encoder, _ = encoder_skeleton(ckpt)  # shapes only; MinrBackbone loads the weights
-    if feature == "inr" and encoder.family != "minr":
-        raise MinrError(f"--backbone inr needs a MINR checkpoint; {ckpt} is {encoder.family}")
-    depth = len(encoder.blocks)
-    levels = (3,) if feature == "inr" else (depth - 1,)
-    if cfg.regime == "full":
-        levels = (0, 1, 2, 3) if feature == "inr" else out_indices(depth)
+    info = encoder.info()
+    if feature == "inr" and not info.dense_levels:
+        raise MinrError(
+            f"--backbone inr needs per-pixel features; {ckpt} ({info.family}) has none (MINR encoders have)"
+        )
+    frozen = cfg.regime == "frozen"
     backbone = {
         "type": "MinrBackbone",
         "ckpt": str(ckpt),
-        "out_indices": levels,
+        "out_indices": backbone_levels(info, feature=feature, frozen=frozen),
         "feature": feature,
-        "frozen": cfg.regime == "frozen",
-        "drop_path_rate": cfg.drop_path if cfg.regime == "full" else 0.0,
+        "frozen": frozen,
+        "drop_path_rate": 0.0 if frozen else cfg.drop_path,
     }
-    channels = encoder.layer_shapes[0][1] if feature == "inr" else encoder.embed_dim
+    preprocessor = {
+        "mean": [0.0] * info.in_chans,
+        "std": [255.0] * info.in_chans,
+        "bgr_to_rgb": info.in_chans == 3,
+        "size_divisor": info.size_divisor,
+    }
     model = MODELS.build(
         ConfigDict(
             segmentor_config(
                 backbone,
-                size_divisor=getattr(encoder, "patch_size", 1),  # MAE needs whole patches; MINR's conv takes any size
-                channels=channels,
+                channels=info.dense_width if feature == "inr" else info.width,
                 num_classes=num_classes,
-                in_chans=encoder.in_chans,
-                regime=cfg.regime,
-                feature=feature,
+                frozen=frozen,
+                pyramid=feature == "tokens",
                 head_channels=cfg.head_channels,
+                aux_channels=cfg.head_channels // 2,
+                preprocessor=preprocessor,
             )
         )
     )
@@ -171,105 +79,74 @@ def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -
     return model
 
 
-def param_groups(model: torch.nn.Module, cfg: SegConfig) -> list[dict[str, Any]]:
-    """Layer-decayed AdamW groups for the backbone (MAE mmseg recipe); heads and neck at the full rate."""
-    enc = model.backbone.encoder
-    top = len(enc.blocks) + 1
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer = enc.layer_id(name.removeprefix("backbone.encoder.")) if name.startswith("backbone.") else top
-        decay = p.ndim >= 2 and "token" not in name and "pos_embed" not in name
-        g = groups.setdefault(
-            (layer, decay),
-            {
-                "params": [],
-                "weight_decay": cfg.weight_decay if decay else 0.0,
-                "lr_scale": cfg.layer_decay ** (top - layer),
-            },
-        )
-        g["params"].append(p)
-    return list(groups.values())
-
-
-def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
-    """Linear warm-up, then poly decay (power 1) to zero: mmseg's schedule."""
-    warmup = int(warmup_fraction * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, 1 - (step - warmup) / max(1, total - warmup))
-
-
-def train_segmentor(
-    model, dataset, cfg: SegConfig, seed: int, out: Path, device: torch.device, *, resume: bool, progress: bool
-) -> dict[str, Any]:
-    """The explicit loop: schedule -> forward (mmseg losses) -> backward -> step -> checkpoint. Exactly resumable."""
-    optim = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
-    per_epoch = len(dataset) // cfg.batch_size
-    if per_epoch == 0:
-        raise MinrError(f"{len(dataset)} training images are fewer than one batch of {cfg.batch_size}")
-    step = _resume(out, model, optim, cfg, seed) if resume else _fresh(out)
-    seen, busy, losses = 0, 0.0, []
-    with TrainProgress(cfg.iters, start=step, enabled=progress, description=f"segment {out.parent.name}") as bar:
-        while step < cfg.iters:
-            epoch = step // per_epoch
-            batches = epoch_batches(len(dataset), cfg.batch_size, epoch, seed)[step % per_epoch :]
-            for batch in DataLoader(dataset, batch_sampler=batches, collate_fn=pseudo_collate):
-                t0 = time.perf_counter()
-                torch.manual_seed(step_seed(seed, step, 0))
-                for g in optim.param_groups:
-                    g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(step, cfg.iters, cfg.warmup_fraction)
-                model.train()
-                data = model.data_preprocessor(_to(batch, device), True)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss, _ = model.parse_losses(model(**data, mode="loss"))
-                optim.zero_grad(set_to_none=True)
-                loss.backward()
-                optim.step()
-                step += 1
-                busy += time.perf_counter() - t0
-                seen += len(batch["inputs"])
-                losses.append(loss.item())
-                bar.update(step, loss=loss.item(), psnr=None, ips=seen / busy)
-                if step % 50 == 0 or step == cfg.iters:
-                    save_checkpoint(
-                        out / CKPT,
-                        model_state=model.state_dict(),
-                        optim_state=optim.state_dict(),
-                        meta={"kind": "segmentation", "config": _cfg_key(cfg), "seed": seed, "step": step},
-                    )
-                if step >= cfg.iters:
-                    break
-    return {"losses": losses, "train_images_per_s": seen / busy if busy else None, "steps": step}
-
-
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {"inputs": [x.to(device) for x in batch["inputs"]], "data_samples": batch["data_samples"]}
-
-
-def _cfg_key(cfg: SegConfig) -> dict[str, Any]:
+def settings(cfg: SegConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
     for k in ("ckpts", "seeds", "device", "backbones"):
         d.pop(k)
     return d
 
 
-def _fresh(out: Path) -> int:
-    if (out / CKPT).exists():
-        raise MinrError(f"{out} already holds a segmentation run; pass --resume or choose another --out")
-    return 0
+def train_segmentor(
+    model, dataset, cfg: SegConfig, seed: int, out: Path, device: torch.device, *, resume: bool, progress: bool
+):
+    """Train one segmentor through the one loop (schedule -> mmseg losses -> backward -> step -> checkpoint);
+    exactly resumable. Returns the loop's `FitResult`."""
+    bb = model.backbone
+    ident = {**settings(cfg), "pretrained": str(bb.ckpt), "feature": bb.feature, "seed": seed}
+    with locked_dir(out):
+        state = open_run(out / CKPT, identity=ident, resume=resume)
+        groups = layer_decay_groups(
+            model, bb.encoder, prefix="backbone.encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        )
+        optim = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+        start, sha = restore(state, model, optim), git_sha()
+
+        def step_fn(batch, step: int) -> StepResult:
+            data = model.data_preprocessor(_to(batch, device), True)
+            loss, _ = model.parse_losses(model(**data, mode="loss"))
+            return StepResult(loss, len(batch["inputs"]))
+
+        def meta(step: int, epoch: int) -> dict[str, Any]:
+            return checkpoint_meta(
+                "segmentation",
+                model=bb.model_name,
+                model_args=bb.model_args,
+                family=bb.encoder.family,
+                config=ident,
+                step=step,
+                epoch=epoch,
+                git_sha=sha,
+                pretrained=str(bb.ckpt),
+                seed=seed,
+            )
+
+        plan = LoopPlan(
+            total=cfg.max_steps,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            lr=cfg.lr,
+            schedule="poly",
+            warmup_fraction=cfg.warmup_fraction,
+            ckpt_every=50,
+        )
+        return fit(
+            model=model,
+            optimizer=optim,
+            dataset=dataset,
+            step_fn=step_fn,
+            plan=plan,
+            ckpt_path=out / CKPT,
+            meta=meta,
+            device=device,
+            start_step=start,
+            collate_fn=pseudo_collate,
+            progress=progress,
+            description=f"segment {out.parent.name}",
+        )
 
 
-def _resume(out: Path, model, optim, cfg: SegConfig, seed: int) -> int:
-    if not (out / CKPT).exists():
-        return 0
-    c = load_checkpoint(out / CKPT)
-    if c.meta.get("config") != _cfg_key(cfg) or c.meta.get("seed") != seed:
-        raise MinrError(f"--resume into {out}: it was trained with other settings; use them or a new --out")
-    model.load_state_dict(c.model_state)
-    optim.load_state_dict(c.optim_state)
-    return c.meta["step"]
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {"inputs": [x.to(device) for x in batch["inputs"]], "data_samples": batch["data_samples"]}
 
 
 @torch.no_grad()
@@ -300,76 +177,92 @@ def evaluate(model, dataset, device: torch.device, batch_size: int = 16) -> dict
     }
 
 
-def run_segmentation(
-    cfg: SegConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """Every checkpoint x backbone feature x seed on one dataset; mIoU/mAcc/aAcc/per-class IoU, a PNG of
-    predictions, and per-image IoU compared in pairs (MINR - MAE, bootstrap interval)."""
-    from finetune.report import write_results
-    from finetune.seg_report import save_prediction_grid
-    from probes.stats import paired_bootstrap
-
-    out, device, t0 = Path(out_dir), resolve_device(cfg.device), time.perf_counter()
-    info = segdata.resolve(cfg.data_root)
-    entries = []
+def _pairs(cfg: SegConfig) -> list[tuple[str, str, Any, dict[str, Any]]]:
+    """(checkpoint, feature, encoder skeleton, meta) for every combination that exists; per-pixel features of an
+    encoder without them are skipped with a note, and a run where none remain is refused."""
+    pairs, skipped = [], []
     for ckpt in cfg.ckpts:
         skeleton, meta = encoder_skeleton(ckpt)
-        in_chans = skeleton.in_chans
-        train = segdata.build_dataset(info, "train", in_chans=in_chans, max_images=cfg.max_images, crop=cfg.crop)
-        val = segdata.build_dataset(info, "val", in_chans=in_chans, max_images=cfg.max_images, crop=cfg.crop)
         for feature in cfg.backbones:
-            if feature == "inr" and meta["family"] != "minr":
-                continue  # per-pixel INR features exist for MINR only
+            if feature == "inr" and not skeleton.info().dense_levels:
+                skipped.append(f"{meta['model']}:inr")
+                continue
+            pairs.append((ckpt, feature, skeleton, meta))
+    if not pairs:
+        raise MinrError(
+            f"nothing to train: {', '.join(skipped)} have no per-pixel features; "
+            "add --backbone tokens or a MINR checkpoint"
+        )
+    if skipped:
+        console.print(f"segmentation: skipping {', '.join(skipped)} (no per-pixel features)")
+    return pairs
+
+
+def run_segmentation(
+    cfg: SegConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
+) -> FinetuneResults:
+    """Every checkpoint x backbone feature x seed on one dataset; mIoU/mAcc/aAcc/per-class IoU, a PNG of
+    predictions, and per-image IoU compared in pairs (MINR - MAE, bootstrap interval, Wilcoxon)."""
+    from finetune.seg_report import save_prediction_grid
+
+    out, device, t0 = Path(out_dir), resolve_device(cfg.device), time.perf_counter()
+    info = segdata.resolve(cfg.dataset)
+    pairs = _pairs(cfg)
+    with locked_dir(out):
+        entries, runs = [], {}
+        for ckpt, feature, skeleton, meta in pairs:
+            kw = {"in_chans": skeleton.in_chans, "max_images": cfg.max_images, "crop": cfg.crop}
+            train, val = segdata.build_dataset(info, "train", **kw), segdata.build_dataset(info, "val", **kw)
             name = f"{meta['model']}:{feature}"
-            runs = []
+            runs[name] = []
             for seed in range(cfg.seeds):
                 torch.manual_seed(seed)
                 model = build_segmentor(cfg, ckpt, feature, len(info.classes)).to(device)
-                run_dir = out / f"{name.replace(':', '_')}" / f"seed{seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                stats = train_segmentor(model, train, cfg, seed, run_dir, device, resume=resume, progress=progress)
-                runs.append({**stats, **evaluate(model, val, device)})
-            entries.append(_seg_entry(name, ckpt, meta["family"], runs))
-    paired = []
-    for a in (e for e in entries if e["family"] == "minr"):
-        for b in (e for e in entries if e["family"] == "mae"):
-            d, lo, hi = paired_bootstrap(a["_runs"][0]["per_image_IoU"], b["_runs"][0]["per_image_IoU"])
-            paired.append(
-                {"a": a["name"], "b": b["name"], "method": "per-image IoU", "diff": d, "ci_low": lo, "ci_high": hi}
-            )
-    save_prediction_grid(val, [(e["name"], e["_runs"][0]["predictions"]) for e in entries], out / "predictions.png")
-    for e in entries:
-        for r in e["_runs"]:
-            r.pop("predictions")
-            r["per_image_IoU"] = r["per_image_IoU"].tolist()
-    results = {
-        "task": "segmentation",
-        "dataset": cfg.data_root,
-        "config": {**_cfg_key(cfg), "seeds": cfg.seeds, "backbones": cfg.backbones},
-        "entries": entries,
-        "paired": paired,
-        "val_images": len(val),
-        "runtime_s": time.perf_counter() - t0,
-    }
-    write_results(results, out, columns=(("mean", "mIoU"), ("mAcc", "mAcc"), ("aAcc", "aAcc")))
+                run_dir = out / name.replace(":", "_") / f"seed{seed}"
+                fitted = train_segmentor(model, train, cfg, seed, run_dir, device, resume=resume, progress=progress)
+                runs[name].append((fitted, evaluate(model, val, device)))
+            entries.append(_entry(name, ckpt, meta["family"], feature, runs[name]))
+        paired = minr_vs_mae(
+            [(e.name, e.family, runs[e.name][0][1]["per_image_IoU"]) for e in entries],
+            method="segmentation",
+            metric="IoU",
+        )
+        save_prediction_grid(
+            val, [(e.name, runs[e.name][0][1]["predictions"]) for e in entries], out / "predictions.png"
+        )
+        results = FinetuneResults(
+            task="segmentation",
+            config={**settings(cfg), "seeds": cfg.seeds, "backbones": list(cfg.backbones)},
+            entries=entries,
+            paired=paired,
+            evaluated_images=len(val),
+            runtime_s=time.perf_counter() - t0,
+            git_sha=git_sha(),
+            hardware=hardware(),
+            dataset=cfg.dataset,
+        )
+        arrays = {
+            f"{n}|seed{s}|per_image_IoU": ev["per_image_IoU"] for n, rs in runs.items() for s, (_, ev) in enumerate(rs)
+        }
+        write_results(results, out, arrays)
     return results
 
 
-def _seg_entry(name: str, ckpt: str, family: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    mious = [r["mIoU"] / 100 for r in runs]
-    return {
-        "name": name,
-        "ckpt": str(ckpt),
-        "family": family,
-        "mean": float(np.mean(mious)),
-        "std": float(np.std(mious)),
-        "per_seed": mious,
-        "mAcc": runs[0]["mAcc"] / 100,
-        "aAcc": runs[0]["aAcc"] / 100,
-        "per_class_IoU": runs[0]["per_class_IoU"],
-        "train_images_per_s": runs[0]["train_images_per_s"],
-        # losses of this session only: a resumed run that had finished has none
-        "first_loss": runs[0]["losses"][0] if runs[0]["losses"] else None,
-        "last_loss": float(np.mean(runs[0]["losses"][-10:])) if runs[0]["losses"] else None,
-        "_runs": runs,
-    }
+def _entry(name: str, ckpt: str, family: str, feature: str, runs: list) -> SegEntry:
+    mious = [float(ev["mIoU"]) / 100 for _, ev in runs]
+    fitted, first = runs[0]
+    return SegEntry(
+        name=name,
+        ckpt=str(ckpt),
+        family=family,
+        feature=feature,
+        mean=float(np.mean(mious)),
+        std=float(np.std(mious)),
+        per_seed=mious,
+        mAcc=float(first["mAcc"]) / 100,
+        aAcc=float(first["aAcc"]) / 100,
+        per_class_IoU=first["per_class_IoU"],
+        train_images_per_s=fitted.images_per_s,
+        first_loss=fitted.losses[0] if fitted.losses else None,
+        last_loss=float(np.mean(fitted.losses[-10:])) if fitted.losses else None,
+    )

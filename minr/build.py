@@ -1,16 +1,15 @@
-"""Configs and models from names, and models back from checkpoints."""
+"""Configs and models from names, and encoders back from checkpoints."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torch import nn
 
 from minr.checkpoint import load_checkpoint, read_meta
 from minr.config import PretrainConfig, apply_overrides, from_dict
 from minr.errors import MinrError
-from minr.models import create_model, get_spec
+from minr.models import Encoder, create_model, get_spec
 
 
 def default_config(model: str, overrides: dict[str, Any] | None = None) -> PretrainConfig:
@@ -20,36 +19,106 @@ def default_config(model: str, overrides: dict[str, Any] | None = None) -> Pretr
     return apply_overrides(cfg, overrides or {})
 
 
-def build_model(cfg: PretrainConfig) -> nn.Module:
+def build_model(cfg: PretrainConfig) -> Encoder:
+    """The model of a pretraining config, checked against its mask settings."""
     model = create_model(cfg.model, **cfg.model_args)
-    if model.family == "mae" and cfg.mask.patch != model.patch_size:
+    patch, size = cfg.mask.patch, model.image_size
+    if model.family == "mae" and patch != model.patch_size:
         raise MinrError(
-            f"mask.patch={cfg.mask.patch} but {cfg.model} masks whole {model.patch_size}-px patches; "
+            f"mask.patch={patch} but {cfg.model} masks whole {model.patch_size}-px patches; "
             f"use --set mask.patch={model.patch_size} (and the same for the MINR runs you compare with)"
         )
+    if model.family == "mae" and (cfg.train.render_fraction < 1 or cfg.train.coord_noise != "none"):
+        raise MinrError(
+            f"train.render_fraction and train.coord_noise act on the INR's coordinates; {cfg.model} renders none "
+            "(leave them at 1.0 and none for MAE)"
+        )
+    if size % patch:
+        divisors = ", ".join(str(d) for d in range(1, size + 1) if size % d == 0)
+        raise MinrError(
+            f"mask.patch={patch} does not divide the {size}-px image: the edge cells would be cut to "
+            f"{size % patch} px and the masked fraction would not be mask.ratio; use one of {divisors}"
+        )
     return model
+
+
+def pretrain_config(path: str, meta: dict[str, Any]) -> PretrainConfig:
+    """The pretraining config a checkpoint was written under; refuses checkpoints that are not pretrained encoders."""
+    if meta.get("kind", "pretrain") != "pretrain":
+        raise MinrError(
+            f"{path} is a {meta['kind']} checkpoint, not a pretrained encoder; pass the checkpoint that "
+            "`minrctl pretrain` wrote (its run directory's checkpoint.safetensors)"
+        )
+    if not isinstance(meta.get("config"), dict):
+        raise MinrError(f"{path} is a minr checkpoint but not of a pretrained encoder (no pretraining config)")
+    try:
+        return from_dict(PretrainConfig, meta["config"])
+    except (MinrError, TypeError) as e:
+        raise MinrError(f"{path}: its stored config is not valid ({e})") from None
 
 
 def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu", **model_args: Any):
     """Rebuild the model from the checkpoint alone (`model_args` such as drop_path_rate change only how it runs).
     Returns (model in eval mode, config, checkpoint meta)."""
     ckpt = load_checkpoint(path)
-    if "config" not in ckpt.meta:
-        raise MinrError(f"{path} is a minr checkpoint but not of a pretrained encoder (no pretraining config)")
-    cfg = from_dict(PretrainConfig, ckpt.meta["config"])
+    cfg = pretrain_config(path, ckpt.meta)
     model = create_model(cfg.model, **{**cfg.model_args, **model_args}) if model_args else build_model(cfg)
-    missing, unexpected = model.load_state_dict(ckpt.model_state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(ckpt.model_state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise MinrError(f"{path}: weights do not fit {cfg.model} ({_first_mismatch(str(e))})") from None
     if missing or unexpected:
         raise MinrError(f"{path}: weights do not fit {cfg.model} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if bad is not None:
+        raise MinrError(
+            f"{path}: weight {bad} holds NaN or infinite values (the run diverged); use an earlier checkpoint"
+        )
     return model.to(map_location).eval(), cfg, ckpt.meta
 
 
-def encoder_skeleton(path: str) -> tuple[nn.Module, dict[str, Any]]:
+def encoder_skeleton(path: str) -> tuple[Encoder, dict[str, Any]]:
     """The checkpoint's model without its weights (on the meta device, no memory, no file read beyond the header):
     enough for its family, resolution, channels, depth and width. Returns (model, checkpoint meta)."""
     meta = read_meta(path)
-    if "config" not in meta:
-        raise MinrError(f"{path} is a minr checkpoint but not of a pretrained encoder (no pretraining config)")
-    cfg = from_dict(PretrainConfig, meta["config"])
+    cfg = pretrain_config(path, meta)
     with torch.device("meta"):
         return create_model(cfg.model, **cfg.model_args), meta
+
+
+ENCODER_PREFIX = {"pretrain": "", "finetune": "encoder.", "segmentation": "backbone.encoder."}
+
+
+def verify_tensors(path: str) -> dict[str, Any]:
+    """Check a checkpoint's encoder tensors against the architecture its metadata names, from the file's header
+    and a skeleton on the meta device (nothing is loaded). Returns the metadata; a mismatch is a one-line error."""
+    from safetensors import safe_open
+
+    meta = read_meta(path)
+    args = meta.get("model_args", meta["config"].get("model_args", {}) if meta["kind"] == "pretrain" else {})
+    with torch.device("meta"):
+        skeleton = create_model(meta["model"], **args)
+    prefix = "model/" + ENCODER_PREFIX.get(meta["kind"], "")
+    expected = {prefix + k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is not a dict)
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    if meta["kind"] != "pretrain":  # fine-tuned models keep only the encoder parts they train with
+        expected = {k: v for k, v in expected.items() if k in found or skeleton.is_encoder_parameter(k[len(prefix) :])}
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    if meta["kind"] != "pretrain":
+        extra = []
+    wrong = [k for k in expected.keys() & found.keys() if expected[k] != found[k]]
+    if missing or extra or wrong:
+        what = (
+            f"tensor {wrong[0][6:]} is {list(found[wrong[0]])}, expected {list(expected[wrong[0]])}"
+            if wrong
+            else f"missing {[k[6:] for k in missing[:3]]}, unexpected {[k[6:] for k in extra[:3]]}"
+        )
+        raise MinrError(f"{path}: its tensors do not fit {meta['model']} ({what}); the file is damaged or mislabelled")
+    return meta
+
+
+def _first_mismatch(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if "size mismatch" in ln]
+    return lines[0].rstrip(".") if lines else message.splitlines()[0]

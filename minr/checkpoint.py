@@ -1,16 +1,18 @@
 """Self-describing checkpoints in one safetensors file: nothing is ever unpickled.
 
 Tensors: `model/<name>` (weights), `optim/<param index>/<key>` (optimiser state). Metadata (`__metadata__`,
-strings only): `format` = "minr", `format_version`, and `meta`, a JSON object with the model name, the resolved
-config, the step, the optimiser's param groups, the RNG scheme and the git sha. Writes are atomic.
+strings only): `format` = "minr", `format_version`, and `meta`, a JSON object with one schema for every kind of
+checkpoint (pretraining, fine-tuning, segmentation): `kind`, `model` and `model_args` (the registered encoder
+and its constructor overrides), `family`, `config`
+(the resolved config of the run), `step`, `epoch`, `git_sha`, `weights_sha256` (hashed at save time, so readers
+that only need the identity of the weights never load them) and kind-specific extras. Writes are atomic.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minr.errors import MinrError
+from minr.io import publish, tmp_path, writing
 
 FORMAT = "minr"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `kind` and `weights_sha256` in every checkpoint's meta
+KINDS = ("pretrain", "finetune", "segmentation")
+REQUIRED = ("model", "config", "step")
 
 
 @dataclass
@@ -32,47 +37,43 @@ class Checkpoint:
     optim_state: dict[str, Any] | None
 
 
-def git_sha() -> str:
-    """The commit of the code that runs, with '-dirty' when it has uncommitted changes; 'unknown' outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    if sha.returncode:
-        return "unknown"
-    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+def checkpoint_meta(
+    kind: str,
+    *,
+    model: str,
+    model_args: dict[str, Any],
+    family: str,
+    config: dict[str, Any],
+    step: int,
+    epoch: int,
+    git_sha: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata every checkpoint carries; `extra` holds what one kind adds (seed, the pretrained checkpoint).
+    `model` and `model_args` rebuild the encoder's architecture (`minr.models.create_model`)."""
+    if kind not in KINDS:
+        raise ValueError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
+    return {
+        "kind": kind,
+        "model": model,
+        "model_args": model_args,
+        "family": family,
+        "config": config,
+        "step": step,
+        "epoch": epoch,
+        "git_sha": git_sha,
+        **extra,
+    }
 
 
-def publish(tmp: Path, path: Path) -> None:
-    """fsync a finished temporary file, give it the usual permissions (safetensors writes 0600), rename it."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def weights_sha256(model_state: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights alone (names, dtypes, shapes, values), comparable across checkpoints."""
+    h = hashlib.sha256()
+    for name in sorted(model_state):
+        t = model_state[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_checkpoint(
@@ -84,16 +85,30 @@ def save_checkpoint(
 ) -> None:
     path = Path(path)
     tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in model_state.items()}
-    meta = dict(meta)
+    meta = {**meta, "weights_sha256": weights_sha256(model_state)}
     if optim_state is not None:
         for idx, state in optim_state["state"].items():
             for key, value in state.items():
                 tensors[f"optim/{idx}/{key}"] = torch.as_tensor(value).contiguous().cpu()
         meta["optim_param_groups"] = optim_state["param_groups"]
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": json.dumps(meta)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
+    tmp = tmp_path(path)
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    with writing(path, size):
+        save_file(tensors, str(tmp), metadata=metadata)
     publish(tmp, path)
+
+
+def _refuse(path: Path, error: Exception) -> MinrError:
+    """Why a file is not a readable minr checkpoint, said so the user knows what to do."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05") or zipfile.is_zipfile(path):
+        return MinrError(
+            f"{path} is a pickle (a torch.save or .pt/.pth file); minr never unpickles files, since unpickling runs "
+            "code. If you trust it, convert it to safetensors (`minrctl import-mae` for MAE weights), else discard it"
+        )
+    return MinrError(f"{path} is not a readable minr checkpoint (safetensors: {error}); was it truncated?")
 
 
 def _header(path: Path) -> dict[str, str]:
@@ -104,17 +119,36 @@ def _header(path: Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise MinrError(f"{path} is not a readable minr checkpoint (safetensors: {e}); was it truncated?") from None
+        raise _refuse(path, e) from None
     if metadata.get("format") != FORMAT:
         raise MinrError(f"{path} is a safetensors file but not a minr checkpoint (no format=minr metadata)")
-    if int(metadata.get("format_version", 0)) > FORMAT_VERSION:
-        raise MinrError(f"{path} has checkpoint format {metadata['format_version']}; upgrade minr to read it")
+    version = metadata.get("format_version", "0")
+    if not version.isdigit():
+        raise MinrError(f"{path} has a malformed format_version {version!r}; it was not written by minr")
+    if int(version) > FORMAT_VERSION:
+        raise MinrError(f"{path} has checkpoint format {version}; upgrade minr to read it")
     return metadata
+
+
+def _meta(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    try:
+        meta = json.loads(metadata.get("meta", ""))
+    except json.JSONDecodeError:
+        raise MinrError(f"{path}: its metadata is not valid JSON; the file is damaged") from None
+    if not isinstance(meta, dict):
+        raise MinrError(f"{path}: its metadata is not a JSON object; the file is damaged")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise MinrError(f"{path}: its metadata has no {missing[0]!r}; the file is damaged or not minr's")
+    meta.setdefault("kind", "pretrain")  # format 1 wrote pretraining checkpoints without a kind
+    meta["format_version"] = int(metadata.get("format_version", "0"))
+    return meta
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """Model name, family, config, step...: what a checkpoint says about itself, without loading its tensors."""
-    meta = json.loads(_header(Path(path))["meta"])
+    path = Path(path)
+    meta = _meta(path, _header(path))
     meta.pop("optim_param_groups", None)
     return meta
 
@@ -122,12 +156,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a minr checkpoint; anything else (a pickle, a truncated file, another tool's safetensors) is refused."""
     path = Path(path)
-    metadata = _header(path)
+    meta = _meta(path, _header(path))
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise MinrError(f"{path} is not a readable minr checkpoint (safetensors: {e}); was it truncated?") from None
-    meta = json.loads(metadata["meta"])
+        raise _refuse(path, e) from None
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
     optim_state = None
     if "optim_param_groups" in meta:
@@ -140,11 +173,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(meta=meta, model_state=model_state, optim_state=optim_state)
 
 
-def weights_sha256(model_state: dict[str, torch.Tensor]) -> str:
-    """A hash of the weights alone (names, dtypes, shapes, values), comparable across checkpoints."""
-    h = hashlib.sha256()
-    for name in sorted(model_state):
-        t = model_state[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def stored_weights_sha256(path: str | Path) -> str:
+    """The weights' hash from the header (written at save time); older checkpoints are loaded and hashed once."""
+    meta = read_meta(path)
+    return meta.get("weights_sha256") or weights_sha256(load_checkpoint(path).model_state)
+
+
+def short_name(path: str | Path, taken: set[str]) -> str:
+    """A short unique name for a checkpoint: its model, or `run folder/model` when another took the model's name."""
+    name = read_meta(path).get("model", Path(path).stem)
+    name = f"{Path(path).parent.name}/{name}" if name in taken else name
+    taken.add(name)
+    return name

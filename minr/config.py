@@ -7,6 +7,7 @@ applied with `apply_overrides`. Every run directory stores the resolved config a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ def _check(cond: bool, msg: str) -> None:
         raise MinrError(msg)
 
 
+def _finite(x: float) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which images, which split, how many."""
@@ -37,8 +42,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 < self.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        _check(self.max_images is None or self.max_images > 0, "data.max_images must be positive")
-        _check(self.workers >= 0, "data.workers must be >= 0")
+        _check(
+            self.max_images is None or self.max_images > 0, f"data.max_images must be positive, got {self.max_images}"
+        )
+        _check(self.workers >= 0, f"data.workers must be >= 0, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,25 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check(self.name in ("adam", "adamw"), f"optim.name must be adam or adamw, got {self.name!r}")
-        _check(self.lr > 0, f"optim.lr must be positive, got {self.lr}")
+        _check(_finite(self.lr) and self.lr > 0, f"optim.lr must be a positive finite number, got {self.lr}")
         _check(
-            self.schedule in ("constant", "step", "cosine"),
-            f"optim.schedule must be constant, step or cosine, got {self.schedule!r}",
+            self.schedule in ("constant", "step", "cosine", "poly"),
+            f"optim.schedule must be constant, step, cosine or poly, got {self.schedule!r}",
         )
-        _check(0 <= self.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
-        _check(0 < self.decay_at <= 1, "optim.decay_at must be in (0, 1]")
-        _check(self.clip_grad is None or self.clip_grad > 0, "optim.clip_grad must be positive or null")
+        _check(
+            len(self.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in self.betas),
+            f"optim.betas must be two numbers in [0, 1), got {list(self.betas)}",
+        )
+        _check(
+            _finite(self.weight_decay) and self.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0, got {self.weight_decay}",
+        )
+        _check(0 <= self.warmup_fraction < 1, f"optim.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        _check(0 < self.decay_at <= 1, f"optim.decay_at must be in (0, 1], got {self.decay_at}")
+        _check(
+            self.clip_grad is None or (_finite(self.clip_grad) and self.clip_grad > 0),
+            f"optim.clip_grad must be positive or null, got {self.clip_grad}",
+        )
 
 
 @dataclass(frozen=True)
@@ -93,16 +111,36 @@ class TrainConfig:
     val_every: int = 1
     val_max_images: int | None = 1000
     render_fraction: float = 1.0
+    coord_noise: str = "none"  # "coordwise": jitter each pixel's coordinates by up to half a pixel (ginr-ipc)
     log: str = "csv"
+    on_nonfinite: str = "stop"
+    keep_checkpoints: tuple[int, ...] = ()  # steps whose weights are kept as checkpoint-stepNNNNNN.safetensors
 
     def __post_init__(self) -> None:
         _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
+        _check(
+            all(isinstance(s, int) and s >= 0 for s in self.keep_checkpoints),
+            f"train.keep_checkpoints must be steps >= 0, got {list(self.keep_checkpoints)}",
+        )
         _check(self.batch_size > 0, f"train.batch_size must be positive, got {self.batch_size}")
-        _check(self.max_steps is None or self.max_steps > 0, "train.max_steps must be positive")
+        _check(self.max_steps is None or self.max_steps > 0, f"train.max_steps must be positive, got {self.max_steps}")
         _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
-        _check(self.ckpt_every > 0, "train.ckpt_every must be positive")
-        _check(0 < self.render_fraction <= 1, "train.render_fraction must be in (0, 1]")
+        _check(self.ckpt_every > 0, f"train.ckpt_every must be positive, got {self.ckpt_every}")
+        _check(self.val_every > 0, f"train.val_every must be >= 1 (epochs between validations), got {self.val_every}")
+        _check(
+            self.val_max_images is None or self.val_max_images > 0,
+            f"train.val_max_images must be positive or null (all), got {self.val_max_images}",
+        )
+        _check(0 < self.render_fraction <= 1, f"train.render_fraction must be in (0, 1], got {self.render_fraction}")
+        _check(
+            self.coord_noise in ("none", "coordwise"),
+            f"train.coord_noise must be none or coordwise, got {self.coord_noise!r}",
+        )
         _check(self.log in ("csv", "tensorboard"), f"train.log must be csv or tensorboard, got {self.log!r}")
+        _check(
+            self.on_nonfinite in ("stop", "skip"),
+            f"train.on_nonfinite must be stop or skip, got {self.on_nonfinite!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -155,7 +193,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise MinrError(f"--set {key}: expected a list like [0.9, 0.95], got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, typing.get_args(tp), strict=True))
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise MinrError(f"--set {key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
             return float(value)

@@ -8,12 +8,12 @@ its patch grid). Masks are boolean, True = masked.
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import torch
 
 from minr.config import MaskConfig
+from minr.runtime import keyed_generator
 
 
 def num_masked(num_cells: int, ratio: float) -> int:
@@ -25,12 +25,6 @@ def grid_shape(image_size: int, patch: int) -> tuple[int, int]:
     """(gh, gw) cells covering an `image_size` square image; the last row/column may hang over the edge."""
     g = math.ceil(image_size / patch)
     return g, g
-
-
-def image_generator(seed: int, salt: str, index: int) -> torch.Generator:
-    """A generator that depends only on (seed, salt, index): the image's own random stream."""
-    digest = hashlib.blake2b(f"{seed}/{salt}/{index}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def random_mask(grid: tuple[int, int], ratio: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +84,7 @@ def make_masks(
     grid = grid_shape(image_size, cfg.patch)
     fn = _KINDS[cfg.kind]
     idx = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-    return torch.stack([fn(grid, cfg.ratio, image_generator(seed, salt, i)) for i in idx])
+    return torch.stack([fn(grid, cfg.ratio, keyed_generator(seed, salt, i)) for i in idx])
 
 
 def to_pixels(mask: torch.Tensor, patch: int, image_size: int) -> torch.Tensor:

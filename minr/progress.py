@@ -1,11 +1,10 @@
-"""Rich progress bars: one look for training, extraction and evaluation."""
+"""Rich progress bars: one look for training, extraction and evaluation, on the one console."""
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True)
+from minr.report import console
 
 
 def make_progress(enabled: bool = True) -> Progress:
@@ -23,9 +22,9 @@ def make_progress(enabled: bool = True) -> Progress:
 
 
 class TrainProgress:
-    """A bar over optimiser steps showing loss, PSNR and images/s."""
+    """A bar over optimiser steps showing the loss, the step function's own figures (PSNR) and images/s."""
 
-    def __init__(self, total: int, *, start: int = 0, enabled: bool = True, description: str = "pretrain") -> None:
+    def __init__(self, total: int, *, start: int = 0, enabled: bool = True, description: str = "train") -> None:
         self.progress = make_progress(enabled)
         self.task = self.progress.add_task(description, total=total, completed=start, info="")
 
@@ -36,6 +35,7 @@ class TrainProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def update(self, step: int, *, loss: float, psnr: float | None, ips: float) -> None:
-        psnr_text = "" if psnr is None else f" psnr {psnr:.2f}"
-        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}{psnr_text} {ips:.0f} img/s")
+    def update(self, step: int, *, loss: float, metrics: dict[str, float], ips: float | None) -> None:
+        extra = "".join(f" {k} {v:.2f}" for k, v in metrics.items())
+        speed = f" {ips:.0f} img/s" if ips else ""
+        self.progress.update(self.task, completed=step, info=f"loss {loss:.4f}{extra}{speed}")

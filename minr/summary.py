@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from minr.errors import MinrError
+from minr.io import read_json
 
 COLUMNS = [
     ("model", "model"),
@@ -26,7 +26,7 @@ def load_summaries(run_dirs: list[str | Path]) -> list[dict[str, Any]]:
         path = Path(d) / "summary.json"
         if not path.is_file():
             raise MinrError(f"{path} does not exist; is {d} a finished `minrctl pretrain` run directory?")
-        rows.append(json.loads(path.read_text()))
+        rows.append(read_json(path, "a finished `minrctl pretrain` run's summary"))
     return rows
 
 
@@ -34,9 +34,3 @@ def format_cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) >= 1 else f"{value:.4f}"
     return "" if value is None else str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]] = COLUMNS) -> str:
-    lines = ["| " + " | ".join(title for _, title in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

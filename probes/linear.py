@@ -24,6 +24,21 @@ class ProbeResult:
     chosen: dict[str, float]
     selection_accuracy: float
     predict: Callable[[torch.Tensor], np.ndarray]  # the chosen probe, for features extracted later (raw)
+    state: dict[str, torch.Tensor] | None = None  # the torch probe: weight, bias and the standardisation
+
+
+def standardised_head(state: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], np.ndarray]:
+    """The chosen torch probe from its state: raw features -> predicted classes."""
+
+    @torch.no_grad()
+    def predict_raw(x: torch.Tensor) -> np.ndarray:
+        return (
+            torch.nn.functional.linear((x.float() - state["mean"]) / state["std"], state["weight"], state["bias"])
+            .argmax(1)
+            .numpy()
+        )
+
+    return predict_raw
 
 
 def train_linear(
@@ -96,11 +111,7 @@ def linear_probe(
         if best is None or acc > best[0]:
             best = (acc, {"lr": lr, "weight_decay": wd}, head)
     acc, chosen, head = best
-
-    @torch.no_grad()
-    def predict_raw(x: torch.Tensor) -> np.ndarray:
-        return head((x.float() - mean) / std).argmax(1).numpy()
-
+    state = {"weight": head.weight.detach(), "bias": head.bias.detach(), "mean": mean, "std": std}
     with torch.no_grad():
         pred = head(xe).argmax(1).numpy()
-    return ProbeResult(pred, _accuracy(pred, ye), chosen, acc, predict_raw)
+    return ProbeResult(pred, _accuracy(pred, ye), chosen, acc, standardised_head(state), state)

@@ -1,117 +1,109 @@
-"""Probe reports: results.json (everything), results.md, a rich table, per-sample predictions and the
-test-time-masking plot, all written atomically into the output directory."""
+"""Probe reports from typed results: results.json (everything), results.md, rich tables, per-image predictions and
+the test-time-masking plot, all written atomically. Nothing here changes the results it is given."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
-import json
-import os
-import platform
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
 
-from minr.checkpoint import atomic_write_bytes, atomic_write_text, git_sha
+from minr.io import atomic_write_bytes, atomic_write_text, write_json
+from minr.report import markdown_table, pct, print_table, signed_pct
+from minr.stats import Paired
+from probes.run import ProbeEntry, ProbeResults, Score, SweepPoint
 
-console = Console()
-
-
-def hardware() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(),
-    }
+ENTRY_HEADERS = ("encoder:feature", "dim", "linear probe acc % (mean ± std)", "k-NN acc %")
+PAIRED_HEADERS = ("MINR", "MAE", "method", "diff (pts)", "95% CI", "McNemar p")
 
 
-def _acc(r: dict[str, Any] | None) -> str:
-    if not r:
+def acc(score: Score | None) -> str:
+    if score is None:
         return ""
-    return f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}" if r.get("per_seed") else f"{100 * r['mean']:.2f}"
+    return f"{pct(score.mean)} ± {pct(score.std)}" if score.per_seed else pct(score.mean)
 
 
-def markdown(results: dict[str, Any]) -> str:
-    tag = (
-        " (hyper-parameters selected on TEST, for paper reproduction only)" if results["selected_on"] == "test" else ""
-    )
-    lines = [
-        f"# Classification probes{tag}",
-        "",
-        f"Test images: {results['test_images']}, classes: {results['num_classes']}, "
-        f"seeds: {results['config']['seeds']}, selection on: {results['selected_on']}",
-        "",
-        "| encoder:feature | dim | linear probe acc % (mean ± std) | k-NN acc % |",
-        "|---|---|---|---|",
+def entry_rows(entries: list[ProbeEntry]) -> list[list[str]]:
+    return [[e.name, str(e.feature_dim), acc(e.linear), acc(e.knn)] for e in entries]
+
+
+def paired_rows(paired: list[Paired]) -> list[list[str]]:
+    return [
+        [p.a, p.b, p.method, signed_pct(p.diff), f"[{signed_pct(p.ci_low)}, {signed_pct(p.ci_high)}]", f"{p.p:.3g}"]
+        for p in paired
     ]
-    for e in results["entries"]:
-        lines.append(f"| {e['name']} | {e['feature_dim']} | {_acc(e.get('linear'))} | {_acc(e.get('knn'))} |")
-    if results["paired"]:
-        lines += [
-            "",
-            "## Paired MINR - MAE (same test images; bootstrap 95% CI; exact McNemar)",
-            "",
-            "| MINR | MAE | method | diff (pts) | 95% CI | McNemar p |",
-            "|---|---|---|---|---|---|",
+
+
+def markdown(results: ProbeResults) -> str:
+    tag = (
+        " (hyper-parameters selected on TEST: optimistic, for reproducing papers only)"
+        if results.selected_on == "test"
+        else ""
+    )
+    parts = [
+        f"# Classification probes{tag}\n",
+        f"Test images: {results.test_images}, classes: {results.num_classes}, seeds: {results.config['seeds']}, "
+        f"selection on: {results.selected_on}\n",
+        markdown_table(ENTRY_HEADERS, entry_rows(results.entries)),
+    ]
+    if results.paired:
+        parts += [
+            "## Paired MINR - MAE (same test images; bootstrap 95% CI; exact McNemar)\n",
+            markdown_table(PAIRED_HEADERS, paired_rows(results.paired)),
         ]
-        for p in results["paired"]:
-            lines.append(
-                f"| {p['a']} | {p['b']} | {p['method']} | {100 * p['diff']:+.2f} | "
-                f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}] | {p['mcnemar_p']:.3g} |"
-            )
-    if results["mask_sweep"]:
-        lines += [
-            "",
-            "## Test-time masking (probe trained on clean features)",
-            "",
-            "| encoder:feature | method | mask ratio | acc % |",
-            "|---|---|---|---|",
+    if results.mask_sweep:
+        rows = [[r.name, r.method, f"{r.mask_ratio:.2f}", pct(r.accuracy)] for r in results.mask_sweep]
+        parts += [
+            "## Test-time masking (probe trained on clean features)\n",
+            markdown_table(("encoder:feature", "method", "mask ratio", "acc %"), rows),
         ]
-        lines += [
-            f"| {r['name']} | {r['method']} | {r['mask_ratio']:.2f} | {100 * r['accuracy']:.2f} |"
-            for r in results["mask_sweep"]
-        ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(parts)
 
 
-def print_table(results: dict[str, Any]) -> None:
-    title = "classification probes" + (" [selected on TEST]" if results["selected_on"] == "test" else "")
-    table = Table("encoder:feature", "dim", "linear %", "k-NN %", title=title)
-    for e in results["entries"]:
-        table.add_row(e["name"], str(e["feature_dim"]), _acc(e.get("linear")), _acc(e.get("knn")))
-    console.print(table)
-    if results["paired"]:
-        pt = Table("MINR", "MAE", "method", "diff pts", "95% CI", "McNemar p", title="paired MINR - MAE")
-        for p in results["paired"]:
-            pt.add_row(
-                p["a"],
-                p["b"],
-                p["method"],
-                f"{100 * p['diff']:+.2f}",
-                f"[{100 * p['ci_low']:+.2f}, {100 * p['ci_high']:+.2f}]",
-                f"{p['mcnemar_p']:.3g}",
-            )
-        console.print(pt)
+def print_results(results: ProbeResults) -> None:
+    title = "classification probes" + (" [selected on TEST]" if results.selected_on == "test" else "")
+    print_table(("encoder:feature", "dim", "linear %", "k-NN %"), entry_rows(results.entries), title=title)
+    if results.paired:
+        print_table(PAIRED_HEADERS, paired_rows(results.paired), title="paired MINR - MAE")
 
 
-def plot_mask_sweep(rows: list[dict[str, Any]], path: Path) -> None:
+def best_kinds(entries: list[ProbeEntry]) -> dict[str, str]:
+    """Per encoder, the entry name of its best feature kind by clean linear (else k-NN) accuracy."""
+    best: dict[str, ProbeEntry] = {}
+    for e in entries:
+        score = e.linear or e.knn
+        key = e.encoder
+        other = best.get(key)
+        if other is None or (score and score.mean > (other.linear or other.knn).mean):
+            best[key] = e
+    return {k: e.name for k, e in best.items()}
+
+
+def plot_mask_sweep(rows: list[SweepPoint], entries: list[ProbeEntry], path: Path) -> None:
+    """Accuracy against the test-time mask ratio: one colour per encoder (its best feature kind), solid for the
+    linear probe, dashed for k-NN. Every kind stays in the tables."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key in sorted({(r["name"], r["method"]) for r in rows}):
-        pts = sorted((r["mask_ratio"], r["accuracy"]) for r in rows if (r["name"], r["method"]) == key)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=f"{key[0]} ({key[1]})")
-    ax.set_xlabel("test-time mask ratio")
+    shown = set(best_kinds(entries).values())
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    colours = {}
+    for name in [e.name for e in entries if e.name in shown]:
+        for method, style in (("linear", "-"), ("knn", "--")):
+            pts = sorted((r.mask_ratio, r.accuracy) for r in rows if r.name == name and r.method == method)
+            if not pts:
+                continue
+            line = ax.plot(
+                *zip(*pts, strict=True), style, marker="o", color=colours.get(name), label=f"{name} ({method})"
+            )
+            colours[name] = line[0].get_color()
+    ax.set_xlabel("test-time mask ratio (probe trained on clean features)")
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=7)
+    ax.set_title("Frozen features under test-time masking (best feature per encoder)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -119,15 +111,12 @@ def plot_mask_sweep(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def write_reports(results: dict[str, Any], entries, labels: np.ndarray, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    results["git_sha"], results["hardware"] = git_sha(), hardware()
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str))
+def write_reports(results: ProbeResults, predictions: dict[str, np.ndarray], labels: np.ndarray, out: Path) -> None:
+    write_json(out / "results.json", dataclasses.asdict(results))
     atomic_write_text(out / "results.md", markdown(results))
-    arrays = {"labels": labels, **{f"{e.name}|{k}": v for e in entries for k, v in e.predictions.items()}}
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, labels=labels, **predictions)
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
-    if results["mask_sweep"]:
-        plot_mask_sweep(results["mask_sweep"], out / "mask_sweep.png")
-    print_table(results)
+    if results.mask_sweep:
+        plot_mask_sweep(results.mask_sweep, results.entries, out / "mask_sweep.png")
+    print_results(results)

@@ -1,10 +1,11 @@
 """`minrctl probe --task classification`: frozen features of several encoders, linear probe and k-NN, the raw-pixel
-floor, paired MINR - MAE comparisons and the test-time-masking sweep, written to results.json / results.md."""
+floor, paired MINR - MAE comparisons and the test-time-masking sweep, as typed results written to results.json."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,23 +13,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from minr.build import encoder_skeleton
-from minr.checkpoint import read_meta
 from minr.config import DataConfig
 from minr.errors import MinrError
-from probes.extract import PIXELS, ExtractSpec, FeatureSet, extract_kinds
-from probes.features import DEFAULT_KIND, FEATURE_KINDS
-from probes.knn import knn_predict
-from probes.linear import linear_probe
-from probes.stats import compare
+from minr.io import git_sha, locked_dir
+from minr.runtime import hardware
+from minr.stats import Paired, minr_vs_mae
+from probes import memo
+from probes.extract import ExtractSpec, FeatureSet, default_cache_dir, extract_kinds
+from probes.features import PIXELS, EncoderRef, encoder_ref, known_kinds
+
+METHODS = ("linear", "knn")
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     ckpts: tuple[str, ...]
+    names: tuple[str, ...] = ()  # display names of the checkpoints (default: their model names)
     data: DataConfig = field(default_factory=DataConfig)
-    kinds: tuple[str, ...] = ()  # empty: each family's default kind; ("all",): every kind
-    methods: tuple[str, ...] = ("linear", "knn")
+    kinds: tuple[str, ...] = ()  # empty: each encoder's default kind; ("all",): every kind
+    methods: tuple[str, ...] = METHODS
     seeds: int = 3
     solver: str = "torch"
     select_on: str = "val"
@@ -45,58 +48,110 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if not self.ckpts:
             raise MinrError("give at least one --ckpt")
+        if self.names and len(self.names) != len(self.ckpts):
+            raise MinrError(f"{len(self.names)} names for {len(self.ckpts)} checkpoints")
         if self.select_on not in ("val", "test"):
             raise MinrError(f"--select-on must be val or test, got {self.select_on!r}")
-        if self.seeds < 1:
-            raise MinrError("--seeds must be >= 1")
+        for name in ("seeds", "epochs", "knn_k"):
+            if getattr(self, name) < 1:
+                raise MinrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.knn_t > 0:
+            raise MinrError(f"--knn-t must be positive, got {self.knn_t}")
         bad = [r for r in self.mask_ratios if not 0 <= r < 1]
         if bad:
             raise MinrError(f"--mask-ratios must lie in [0, 1), got {bad[0]}")
-        unknown = set(self.methods) - {"linear", "knn"}
+        unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise MinrError(f"unknown probe method {sorted(unknown)[0]!r}; use linear and/or knn")
+        bad_kinds = [k for k in self.kinds if k != "all" and k not in known_kinds()]
+        if bad_kinds:
+            raise MinrError(
+                f"--kind {bad_kinds[0]!r} does not exist; choose from {', '.join(sorted(known_kinds()))} or all"
+            )
+
+
+@dataclass(frozen=True)
+class Score:
+    """Test accuracy of one method: mean and std over seeds (k-NN has one)."""
+
+    mean: float
+    std: float = 0.0
+    per_seed: list[float] | None = None
+    chosen: list[dict[str, float]] | None = None  # the linear probe's hyper-parameters per seed
+
+
+@dataclass(frozen=True)
+class ProbeEntry:
+    """One (encoder, feature kind)."""
+
+    name: str
+    encoder: str
+    family: str
+    model: str
+    kind: str
+    weights_sha256: str
+    feature_dim: int
+    extract_images_per_s: dict[str, float | None]
+    cached: dict[str, bool]
+    linear: Score | None = None
+    knn: Score | None = None
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """Accuracy of a probe trained on clean features, on test features extracted under masking."""
+
+    name: str
+    family: str
+    kind: str
+    method: str
+    mask_ratio: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class ProbeResults:
+    config: dict[str, Any]
+    entries: list[ProbeEntry]
+    paired: list[Paired]
+    mask_sweep: list[SweepPoint]
+    selected_on: str
+    num_classes: int
+    test_images: int
+    runtime_s: float
+    git_sha: str
+    hardware: dict[str, Any]
+    task: str = "classification"
 
 
 @dataclass
-class Entry:
-    """One (encoder, feature kind): its features per split and results per method."""
+class _Features:
+    """One entry's features per split, kept only while the run lasts."""
 
-    encoder: str
-    family: str
+    ref: EncoderRef
     kind: str
     name: str
     splits: dict[str, FeatureSet]
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    predictions: dict[str, np.ndarray] = field(default_factory=dict)
-    predictors: dict[str, Any] = field(default_factory=dict)
 
 
-def _family(ckpt: str) -> tuple[str, str]:
-    if ckpt == PIXELS:
-        return "pixels", "pixels"
-    meta = read_meta(ckpt)
-    return meta["family"], meta["model"]
-
-
-def _kinds(cfg: ProbeConfig, family: str) -> list[str]:
+def _kinds(cfg: ProbeConfig, ref: EncoderRef) -> list[str]:
     if not cfg.kinds:
-        return [DEFAULT_KIND[family]]
-    if cfg.kinds == ("all",) or family == "pixels":
-        return list(FEATURE_KINDS[family])
-    return [k for k in cfg.kinds if k in FEATURE_KINDS[family]] or [DEFAULT_KIND[family]]
+        return [ref.default_kind]
+    if cfg.kinds == ("all",) or ref.family == PIXELS:
+        return list(ref.kind_names)
+    return [k for k in cfg.kinds if k in ref.kind_names] or [ref.default_kind]
 
 
-def _spec(cfg: ProbeConfig, ckpt: str, kind: str | None, split: str, size: tuple[int, int], ratio: float = 0.0):
+def _spec(cfg: ProbeConfig, ref: EncoderRef, split: str, ratio: float = 0.0) -> ExtractSpec:
     return ExtractSpec(
-        ckpt=ckpt,
+        ckpt=ref.path,
         data=cfg.data,
         split=split,
-        kind=kind,
-        layer=cfg.layer if ckpt != PIXELS else -1,
+        layer=cfg.layer if ref.family != PIXELS else -1,
         mask_ratio=ratio,
         mask_kind=cfg.mask_kind,
-        image_size=size[0],
-        in_chans=size[1],
+        image_size=ref.image_size,
+        in_chans=ref.in_chans,
         device=cfg.device,
     )
 
@@ -110,144 +165,154 @@ def _labels(fs: FeatureSet, what: str) -> torch.Tensor:
     return fs.labels.long()
 
 
-def _size_of(ckpt: str) -> tuple[int, int]:
-    model, _ = encoder_skeleton(ckpt)
-    return model.image_size, model.in_chans
+def refs(cfg: ProbeConfig) -> list[EncoderRef]:
+    """Every feature source, from checkpoint headers alone; the pixel floor (first) at the first encoder's size."""
+    encoders = [encoder_ref(c) for c in cfg.ckpts]
+    first = encoders[0]
+    pixels = encoder_ref(
+        PIXELS, image_size=first.image_size, in_chans=first.in_chans, mask_patch=first.mask_patch, seed=first.seed
+    )
+    return ([pixels] if cfg.pixels_baseline else []) + encoders
 
 
-def _extract_all(cfg, ckpt, kinds, split, size, ratio, progress, log) -> dict[str, FeatureSet]:
-    """Every kind of one encoder and split in one pass over the images."""
-    sets = extract_kinds(_spec(cfg, ckpt, None, split, size, ratio), kinds, cfg.cache_dir, progress=progress, log=log)
-    return dict(zip(kinds, sets, strict=True))
-
-
-def collect(cfg: ProbeConfig, progress: bool, log) -> list[Entry]:
-    """Extract train / val / test features for every encoder and kind (the pixel floor first)."""
-    size = _size_of(cfg.ckpts[0])
-    encoders = ([PIXELS] if cfg.pixels_baseline else []) + list(cfg.ckpts)
-    entries, names = [], set()
-    for ckpt in encoders:
-        family, model = _family(ckpt)
-        kinds = _kinds(cfg, family)
-        by_split = {s: _extract_all(cfg, ckpt, kinds, s, size, 0.0, progress, log) for s in ("train", "val", "test")}
-        for kind in kinds:
-            name = model if ckpt == PIXELS else f"{model}:{kind}"
-            if name in names:
-                name = f"{Path(ckpt).parent.name}/{name}"
-            names.add(name)
-            entries.append(Entry(ckpt, family, kind, name, {s: by_split[s][kind] for s in by_split}))
-    return entries
-
-
-def evaluate(entry: Entry, cfg: ProbeConfig, num_classes: int) -> None:
-    """Linear probe over seeds (selection on val unless told otherwise) and k-NN, on clean features."""
-    tr, va, te = (entry.splits[s] for s in ("train", "val", "test"))
-    ytr, yva, yte = _labels(tr, "train"), _labels(va, "val"), _labels(te, "test")
-    select = (te.features, yte) if cfg.select_on == "test" else (va.features, yva)
-    if "linear" in cfg.methods:
-        accs, chosen = [], []
-        for seed in range(cfg.seeds):
-            r = linear_probe(
-                (tr.features, ytr),
-                select,
-                (te.features, yte),
-                num_classes,
-                seed=seed,
-                solver=cfg.solver,
-                epochs=cfg.epochs,
+def collect(cfg: ProbeConfig, sources: list[EncoderRef], progress: bool, log) -> list[_Features]:
+    """Extract train / val / test features for every encoder and kind, every kind of an encoder in one pass."""
+    out, names = [], set()
+    given = dict(zip(cfg.ckpts, cfg.names, strict=False))
+    for ref in sources:
+        kinds = _kinds(cfg, ref)
+        by_split = {
+            s: dict(
+                zip(
+                    kinds,
+                    extract_kinds(_spec(cfg, ref, s), kinds, cfg.cache_dir, progress=progress, log=log, ref=ref),
+                    strict=True,
+                )
             )
-            accs.append(r.accuracy)
-            chosen.append(r.chosen)
-            entry.predictions[f"linear/seed{seed}"] = r.predictions
-            if seed == 0:
-                entry.predictors["linear"] = r.predict
-        entry.results["linear"] = {
-            "mean": float(np.mean(accs)),
-            "std": float(np.std(accs)),
-            "per_seed": accs,
-            "chosen": chosen,
+            for s in ("train", "val", "test")
         }
-    if "knn" in cfg.methods:
-        pred = (
-            knn_predict(tr.features, ytr, te.features, num_classes=num_classes, k=cfg.knn_k, temperature=cfg.knn_t)
-            .argmax(1)
-            .numpy()
-        )
-        entry.predictions["knn"] = pred
-        entry.predictors["knn"] = lambda x: (
-            knn_predict(tr.features, ytr, x, num_classes=num_classes, k=cfg.knn_k, temperature=cfg.knn_t)
-            .argmax(1)
-            .numpy()
-        )
-        entry.results["knn"] = {"mean": float((pred == yte.numpy()).mean()), "std": 0.0, "per_seed": None}
-
-
-def paired(entries: list[Entry], labels: np.ndarray) -> list[dict[str, Any]]:
-    """Every MINR entry against every MAE entry, per method, on the same test images (seed 0 for the probe)."""
-    out = []
-    for a in (e for e in entries if e.family == "minr"):
-        for b in (e for e in entries if e.family == "mae"):
-            for method in ("linear", "knn"):
-                key = "linear/seed0" if method == "linear" else "knn"
-                if key in a.predictions and key in b.predictions:
-                    stats = compare(a.predictions[key] == labels, b.predictions[key] == labels)
-                    out.append({"a": a.name, "b": b.name, "method": method, **stats})
+        for kind in kinds:
+            name = ref.model if ref.family == PIXELS else f"{given.get(ref.path, ref.model)}:{kind}"
+            if name in names:
+                name = f"{Path(ref.path).parent.name}/{name}"
+            names.add(name)
+            out.append(_Features(ref, kind, name, {s: by_split[s][kind] for s in by_split}))
     return out
 
 
-def mask_sweep(entries: list[Entry], cfg: ProbeConfig, progress: bool, log) -> list[dict[str, Any]]:
+def evaluate(f: _Features, cfg: ProbeConfig, num_classes: int):
+    """Linear probe over seeds (selection on val unless told otherwise) and k-NN, on clean features; both come
+    from the probe cache when these features were probed the same way before. Returns (scores by method,
+    per-image predictions, predictors that take the feature set of test images extracted later)."""
+    cache = Path(cfg.cache_dir or default_cache_dir())
+    tr, va, te = (f.splits[s] for s in ("train", "val", "test"))
+    _labels(tr, "train"), _labels(va, "val")  # refuses multi-label attributes with a message
+    yte = _labels(te, "test")
+    select = te if cfg.select_on == "test" else va
+    scores: dict[str, Score] = {}
+    predictions: dict[str, np.ndarray] = {}
+    predictors: dict[str, Callable[[FeatureSet], np.ndarray]] = {}
+    if "linear" in cfg.methods:
+        runs = [
+            memo.linear(cache, tr, select, te, num_classes, seed=s, solver=cfg.solver, epochs=cfg.epochs)
+            for s in range(cfg.seeds)
+        ]
+        accs = [r.accuracy for r in runs]
+        scores["linear"] = Score(float(np.mean(accs)), float(np.std(accs)), accs, [r.chosen for r in runs])
+        predictions.update({f"linear/seed{s}": r.predictions for s, r in enumerate(runs)})
+        predictors["linear"] = lambda fs, r=runs[0]: r.predict(fs.features)
+    if "knn" in cfg.methods:
+
+        def knn(fs: FeatureSet) -> np.ndarray:
+            return memo.knn(cache, tr, fs, num_classes, k=cfg.knn_k, t=cfg.knn_t)
+
+        predictions["knn"] = knn(te)
+        predictors["knn"] = knn
+        scores["knn"] = Score(float((predictions["knn"] == yte.numpy()).mean()))
+    return scores, predictions, predictors
+
+
+def mask_sweep(
+    feats: list[_Features], predictors: dict[str, dict], cfg: ProbeConfig, progress: bool, log
+) -> list[SweepPoint]:
     """Probes trained on clean features, evaluated on test features extracted at each mask ratio."""
-    rows, size = [], _size_of(cfg.ckpts[0])
-    for ckpt in dict.fromkeys(e.encoder for e in entries):
-        mine = [e for e in entries if e.encoder == ckpt]
+    rows = []
+    for ref in dict.fromkeys(f.ref for f in feats):
+        mine = [f for f in feats if f.ref == ref]
         for ratio in cfg.mask_ratios:
-            masked = (
-                {e.kind: e.splits["test"] for e in mine}
-                if ratio == 0
-                else _extract_all(cfg, ckpt, [e.kind for e in mine], "test", size, ratio, progress, log)
-            )
-            for e in mine:
-                y = e.splits["test"].labels.numpy()
-                for method, predict in e.predictors.items():
-                    acc = float((predict(masked[e.kind].features) == y).mean())
-                    rows.append({"name": e.name, "method": method, "mask_ratio": ratio, "accuracy": acc})
+            kinds = [f.kind for f in mine]
+            if ratio == 0:
+                masked = {f.kind: f.splits["test"] for f in mine}
+            else:
+                sets = extract_kinds(
+                    _spec(cfg, ref, "test", ratio), kinds, cfg.cache_dir, progress=progress, log=log, ref=ref
+                )
+                masked = dict(zip(kinds, sets, strict=True))
+            for f in mine:
+                y = f.splits["test"].labels.numpy()
+                for method, predict in predictors[f.name].items():
+                    acc = float((predict(masked[f.kind]) == y).mean())
+                    rows.append(SweepPoint(f.name, ref.family, f.kind, method, ratio, acc))
     return rows
 
 
-def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> dict[str, Any]:
+def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> ProbeResults:
+    """Probe every encoder; write results.json, results.md, predictions.npz and the masking plot into `out_dir`."""
     from probes.report import write_reports
 
     t0 = time.perf_counter()
-    entries = collect(cfg, progress, log)
-    ref = entries[0].splits["train"]
-    num_classes = int(_labels(ref, "train").max()) + 1
-    for e in entries:
-        evaluate(e, cfg, num_classes)
-    labels = entries[0].splits["test"].labels.numpy()
-    results = {
-        "config": dataclasses.asdict(cfg),
-        "entries": [_entry_dict(e) for e in entries],
-        "paired": paired(entries, labels),
-        "mask_sweep": mask_sweep(entries, cfg, progress, log),
-        "selected_on": cfg.select_on,
-        "num_classes": num_classes,
-        "test_images": len(labels),
-        "runtime_s": time.perf_counter() - t0,
-    }
-    write_reports(results, entries, labels, Path(out_dir))
+    sources = refs(cfg)  # every checkpoint checked (from its header) before anything is written
+    with locked_dir(out_dir):
+        feats = collect(cfg, sources, progress, log)
+        num_classes = int(_labels(feats[0].splits["train"], "train").max()) + 1
+        entries, predictions, predictors = [], {}, {}
+        for f in feats:
+            scores, preds, predictors[f.name] = evaluate(f, cfg, num_classes)
+            predictions.update({f"{f.name}|{k}": v for k, v in preds.items()})
+            entries.append(_entry(f, scores))
+        labels = feats[0].splits["test"].labels.numpy()
+        paired = [
+            p
+            for method, key in (("linear", "linear/seed0"), ("knn", "knn"))
+            for p in minr_vs_mae(
+                [
+                    (f.name, f.ref.family, predictions[f"{f.name}|{key}"] == labels)
+                    for f in feats
+                    if f"{f.name}|{key}" in predictions
+                ],
+                method=method,
+                metric="accuracy",
+            )
+        ]
+        order = {f.name: i for i, f in enumerate(feats)}
+        paired.sort(key=lambda p: (order[p.a], order[p.b]))  # entry order, linear before k-NN
+        results = ProbeResults(
+            config=dataclasses.asdict(cfg),
+            entries=entries,
+            paired=paired,
+            mask_sweep=mask_sweep(feats, predictors, cfg, progress, log),
+            selected_on=cfg.select_on,
+            num_classes=num_classes,
+            test_images=len(labels),
+            runtime_s=time.perf_counter() - t0,
+            git_sha=git_sha(),
+            hardware=hardware(),
+        )
+        write_reports(results, predictions, labels, Path(out_dir))
     return results
 
 
-def _entry_dict(e: Entry) -> dict[str, Any]:
-    ips = {s: fs.images_per_s for s, fs in e.splits.items()}
-    return {
-        "name": e.name,
-        "encoder": e.encoder,
-        "family": e.family,
-        "kind": e.kind,
-        "weights_sha256": e.splits["train"].key["weights"],
-        "feature_dim": int(e.splits["train"].features.shape[1]),
-        "extract_images_per_s": ips,
-        "cached": {s: fs.cached for s, fs in e.splits.items()},
-        **e.results,
-    }
+def _entry(f: _Features, scores: dict[str, Score]) -> ProbeEntry:
+    return ProbeEntry(
+        name=f.name,
+        encoder=f.ref.path,
+        family=f.ref.family,
+        model=f.ref.model,
+        kind=f.kind,
+        weights_sha256=f.ref.weights_sha256,
+        feature_dim=int(f.splits["train"].features.shape[1]),
+        extract_images_per_s={s: fs.images_per_s for s, fs in f.splits.items()},
+        cached={s: fs.cached for s, fs in f.splits.items()},
+        linear=scores.get("linear"),
+        knn=scores.get("knn"),
+    )

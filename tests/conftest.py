@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from minr.data import DEBIAN_FASHION_MNIST, _read_idx
+from minr.sources import DEBIAN_FASHION_MNIST, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,6 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Caches that tests fill (features, segmentation label checks) live in the session's temporary folder."""
+    import os
+
+    os.environ["MINR_CACHE"] = str(tmp_path_factory.mktemp("cache") / "features")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -34,8 +42,8 @@ def _fashion_subset(tmp_path_factory, n_train: int, n_test: int) -> Path:
         pytest.fail(f"Fashion-MNIST is missing from {src}: run `apt-get install -y dataset-fashion-mnist`")
     out = tmp_path_factory.mktemp("fashion")
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(out / f"{prefix}-images-idx3-ubyte.gz", _read_idx(src / f"{prefix}-images-idx3-ubyte.gz")[:n])
-        write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", _read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")[:n])
+        write_idx(out / f"{prefix}-images-idx3-ubyte.gz", read_idx(src / f"{prefix}-images-idx3-ubyte.gz")[:n])
+        write_idx(out / f"{prefix}-labels-idx1-ubyte.gz", read_idx(src / f"{prefix}-labels-idx1-ubyte.gz")[:n])
     return out
 
 
@@ -85,13 +93,22 @@ def imagefolder(tmp_path) -> Path:
 def make_checkpoint(model_name: str, path: Path, *, data_root: Path | None = None, seed: int = 0) -> Path:
     """An untrained but real minr checkpoint of a registered model (what `pretrain` writes at step 0)."""
     from minr.build import build_model, default_config
-    from minr.checkpoint import save_checkpoint
+    from minr.checkpoint import checkpoint_meta, save_checkpoint
     from minr.config import to_dict
 
     cfg = default_config(model_name, {"data.root": str(data_root) if data_root else None, "train.seed": seed})
     torch.manual_seed(seed)
     model = build_model(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model": model_name, "family": model.family, "config": to_dict(cfg), "step": 0, "epoch": 0}
+    meta = checkpoint_meta(
+        "pretrain",
+        model=model_name,
+        model_args=cfg.model_args,
+        family=model.family,
+        config=to_dict(cfg),
+        step=0,
+        epoch=0,
+        git_sha="test",
+    )
     save_checkpoint(path, model_state=model.state_dict(), meta=meta)
     return path

@@ -26,10 +26,19 @@ def test_fashion_mnist_from_idx_files(fashion_small):
 
 def test_fashion_mnist_missing_lists_places(tmp_path, monkeypatch):
     monkeypatch.setenv("MINR_OFFLINE", "1")
-    monkeypatch.setattr("minr.data.DEBIAN_FASHION_MNIST", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("MINR_DATA", str(tmp_path / "env"))
+    monkeypatch.setattr("minr.sources.DEBIAN_FASHION_MNIST", str(tmp_path / "nowhere"))
     with pytest.raises(MinrError, match="apt-get install -y dataset-fashion-mnist") as e:
-        load_split(DataConfig(root=str(tmp_path / "empty")), "train", image_size=28, in_chans=1)
-    assert str(tmp_path / "empty") in str(e.value)
+        load_split(DataConfig(), "train", image_size=28, in_chans=1)
+    assert str(tmp_path / "env") in str(e.value) and str(tmp_path / "nowhere") in str(e.value)
+
+
+def test_explicit_data_root_is_never_replaced_by_another_copy(tmp_path, fashion_small):
+    """An explicit --data-root that holds nothing is an error even when the system copy exists."""
+    (tmp_path / "empty").mkdir()
+    for root in (tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(MinrError, match=f"--data-root {root}: no Fashion-MNIST there"):
+            load_split(DataConfig(root=str(root)), "train", image_size=28, in_chans=1)
 
 
 def test_digits_and_max_images_stratified():

@@ -17,7 +17,8 @@ def ckpts(tmp_path_factory):
 
 
 def test_layer_decay_and_partial_finetuning(ckpts):
-    from finetune.classification import FinetuneConfig, _build
+    from finetune.classification import _build
+    from finetune.configs import FinetuneConfig
 
     cfg = FinetuneConfig(ckpts=(str(ckpts["mae_tiny"]),), layer_decay=0.5, trainable_blocks=1)
     model = _build(cfg, str(ckpts["mae_tiny"]), 10, torch.device("cpu"))
@@ -26,9 +27,9 @@ def test_layer_decay_and_partial_finetuning(ckpts):
         n for n in trainable if n.startswith(("encoder.blocks.3.", "encoder.norm.", "fc_norm", "head"))
     }
     assert any(n.startswith("encoder.blocks.3.") for n in trainable) and "head.weight" in trainable
-    from finetune.classifier import layer_decay_groups
+    from minr.optim import layer_decay_groups
 
-    groups = layer_decay_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    groups = layer_decay_groups(model, model.encoder, prefix="encoder.", weight_decay=0.05, layer_decay=0.5)
     assert sorted({g["lr_scale"] for g in groups}) == [0.5, 1.0]  # block 3 (layer 4) and the top (layer 5)
     with pytest.raises(MinrError, match="trainable-blocks"):
         _build(FinetuneConfig(ckpts=("x",), trainable_blocks=9), str(ckpts["mae_tiny"]), 10, torch.device("cpu"))
@@ -37,7 +38,8 @@ def test_layer_decay_and_partial_finetuning(ckpts):
 @pytest.mark.slow
 def test_finetuning_beats_the_frozen_linear_probe(fashion_mid, tmp_path):
     """On a real subset: a briefly pretrained MAE, fine-tuned, beats the linear probe of its frozen features."""
-    from finetune.classification import FinetuneConfig, run_finetune
+    from finetune.classification import run_finetune
+    from finetune.configs import FinetuneConfig
     from probes.run import ProbeConfig, run_probe
 
     torch.manual_seed(0)
@@ -74,7 +76,7 @@ def test_finetuning_beats_the_frozen_linear_probe(fashion_mid, tmp_path):
         tmp_path / "ft",
         progress=False,
     )
-    probe_acc, ft_acc = probe["entries"][0]["linear"]["mean"], ft["entries"][0]["mean"]
+    probe_acc, ft_acc = probe.entries[0].linear.mean, ft.entries[0].mean
     assert ft_acc > probe_acc + 0.02, (ft_acc, probe_acc)  # measured: 0.738 vs 0.696
     assert json.loads((tmp_path / "ft" / "results.json").read_text())["entries"][0]["per_seed"] == [ft_acc]
 
@@ -83,9 +85,11 @@ def test_finetuning_beats_the_frozen_linear_probe(fashion_mid, tmp_path):
 def test_finetune_resume_is_exact(ckpts, tmp_path, monkeypatch):
     """A run that dies right after its first checkpoint, resumed, ends where an uninterrupted run ends."""
     import finetune.classification as fc
+    import minr.loop
+    from finetune.configs import FinetuneConfig
     from minr.checkpoint import load_checkpoint, weights_sha256
 
-    cfg = fc.FinetuneConfig(
+    cfg = FinetuneConfig(
         ckpts=(str(ckpts["ginr_tiny"]),),
         data=DataConfig(name="digits", max_images=128),
         epochs=2,
@@ -93,23 +97,23 @@ def test_finetune_resume_is_exact(ckpts, tmp_path, monkeypatch):
         mixup=0.2,
     )
     full = fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "a", resume=False, progress=False)
-    real_save = fc.save_checkpoint
+    real_save = minr.loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fc, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(minr.loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=False, progress=False)
-    monkeypatch.setattr(fc, "save_checkpoint", real_save)
+    monkeypatch.setattr(minr.loop, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b" / fc.CKPT).meta["step"] == 8
     with pytest.raises(MinrError, match="--resume"):
         fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=False, progress=False)
     resumed = fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=True, progress=False)
     a, b = (load_checkpoint(tmp_path / d / fc.CKPT) for d in "ab")
     assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
-    assert resumed["test_accuracy"] == full["test_accuracy"]
-    other = fc.FinetuneConfig(**{**cfg.__dict__, "lr": 1e-4})
-    with pytest.raises(MinrError, match="other settings"):
+    assert resumed.test_accuracy == full.test_accuracy
+    other = FinetuneConfig(**{**cfg.__dict__, "lr": 1e-4})
+    with pytest.raises(MinrError, match="different settings: lr"):
         fc.finetune_one(other, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=True, progress=False)

@@ -1,10 +1,14 @@
+import re
+
 import pytest
 import torch
 
 from minr.config import MaskConfig
+from minr.errors import MinrError
 from minr.masking import make_masks
-from minr.models import MAE, create_model, list_models
+from minr.models import MAE, Encoder, create_model, list_models
 from minr.models.mae import patchify, unpatchify
+from minr.optim import encoder_layers
 
 TINY = [m for m in list_models() if m.endswith("_tiny")]
 
@@ -42,18 +46,71 @@ def test_paper_parameter_counts(name, count):
     assert sum(p.numel() for p in model.parameters()) == count
 
 
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_implements_the_encoder_interface(name):
+    """Shapes of every part of the interface, on the meta device for the paper presets (no memory)."""
+    tiny = name.endswith("_tiny")
+    with torch.device("cpu" if tiny else "meta"):
+        model = create_model(name).eval()
+        assert isinstance(model, Encoder)
+        info = model.info()
+        x = torch.rand(2, info.in_chans, info.image_size, info.image_size)
+        h, w = model.token_grid(info.image_size, info.image_size)
+        feats = model.features(x, model.kind_names())
+        assert set(feats) == set(model.kind_names()) and all(f.shape[0] == 2 for f in feats.values())
+        token_kinds = [k.name for k in model.FEATURE_KINDS if k.token_pool]
+        assert model.FINETUNE_KIND in token_kinds and all(feats[k].shape[1] == info.width for k in token_kinds)
+        maps = model.forward_intermediates(x, [0, info.depth - 1])
+        assert [m.shape for m in maps] == [(2, info.width, h, w)] * 2
+        assert model.forward_features(x).shape[-1] == info.width
+        if info.dense_levels:
+            dense = model.dense_features(x, (0, info.dense_levels - 1))
+            assert [d.shape for d in dense] == [(2, info.dense_width, info.image_size, info.image_size)] * 2
+        else:
+            with pytest.raises(MinrError, match="no per-pixel features"):
+                model.dense_features(x, (0,))
+    layers = encoder_layers(model)
+    assert {layers[n] for n, _ in model.named_parameters() if n.startswith("blocks.0.")} == {1}
+    assert all(layers[n] == 0 for n, _ in model.named_parameters() if re.match(model.STEM, n))
+
+
 @pytest.mark.parametrize("name", TINY)
-def test_encoder_interface(name):
+def test_features_pool_the_block_outputs(name):
     model = create_model(name).eval()
     x, mask, patch = _batch(model)
-    feats = model.forward_features(x)
-    assert feats.shape[0] == 3 and feats.shape[2] == model.embed_dim
+    tokens = model.forward_features(x)
     layers = model.get_intermediate_layers(x, 2)
-    assert len(layers) == 2 and torch.allclose(layers[1], feats, atol=1e-5)
-    groups = model.token_groups()
-    assert sum(feats[:, s].shape[1] for s in groups.values()) == feats.shape[1]
-    masked = model.forward_features(x, mask=mask, mask_patch=patch)
-    assert masked.shape[0] == 3 and not torch.allclose(masked[:, :1], feats[:, :1])
+    assert len(layers) == 2 and torch.allclose(layers[1], tokens, atol=1e-5)
+    first = model.features(x, [model.FINETUNE_KIND], layer=0)[model.FINETUNE_KIND]
+    assert torch.allclose(
+        first,
+        model.pool(
+            layers[0] if model.info().depth == 2 else model.get_intermediate_layers(x, [0])[0],
+            model.FINETUNE_KIND,
+            last_block=False,
+        ),
+    )
+    masked = model.features(x, [model.FINETUNE_KIND], mask=mask, mask_patch=patch)[model.FINETUNE_KIND]
+    assert not torch.allclose(masked, model.features(x, [model.FINETUNE_KIND])[model.FINETUNE_KIND])
+    with pytest.raises(MinrError, match="--layer 9 does not exist"):
+        model.features(x, [model.FINETUNE_KIND], layer=9)
+    with pytest.raises(MinrError, match="does not exist for"):
+        model.features(x, ["dat_mean"])
+
+
+def test_evaluators_use_only_the_interface():
+    """probes/ and finetune/ import no model class, never branch on a model's family and never read model internals.
+    (export.py is the exception for families: it maps one architecture onto another library's.)"""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    for path in [*root.glob("probes/*.py"), *root.glob("finetune/*.py")]:
+        text = path.read_text()
+        imports = [ln for ln in text.splitlines() if "import" in ln and re.search(r"\b(HyperINR|MAE)\b", ln)]
+        assert not imports, (path, imports)
+        if path.name != "export.py":
+            assert not re.search(r"family\s*[!=]=\s*[\"'](minr|mae)", text), path
+        assert not re.search(r"\.(layer_shapes|modulations|token_groups|num_weight_tokens)\b", text), path
 
 
 def test_minr_renders_at_any_resolution():

@@ -8,11 +8,11 @@ from click.testing import CliRunner
 from cli.main import main
 from minr.config import DataConfig
 from minr.errors import MinrError
+from minr.models import MODEL_CLASSES
+from minr.stats import mcnemar_p, paired_bootstrap
 from probes.extract import ExtractSpec, extract
-from probes.features import FEATURE_KINDS
 from probes.knn import knn_predict
 from probes.linear import linear_probe
-from probes.stats import mcnemar_p, paired_bootstrap
 from tests.conftest import make_checkpoint
 
 DIGITS = DataConfig(name="digits", max_images=60)
@@ -37,14 +37,14 @@ def test_extraction_shapes_for_every_kind(model, ckpts, tmp_path):
     }
     if family == "minr":
         dims["concat"] = 256 + dims["modulation"]
-    for kind in FEATURE_KINDS[family]:
+    for kind in MODEL_CLASSES[family].kind_names():
         fs = extract(
             ExtractSpec(str(ckpts[model]), DIGITS, "train", kind), tmp_path, progress=False, log=lambda m: None
         )
         assert fs.features.shape == (60, dims[kind]) and fs.labels.shape == (60,)
         assert torch.isfinite(fs.features).all()
     mid = extract(
-        ExtractSpec(str(ckpts[model]), DIGITS, "val", FEATURE_KINDS[family][0], layer=1),
+        ExtractSpec(str(ckpts[model]), DIGITS, "val", MODEL_CLASSES[family].kind_names()[0], layer=1),
         tmp_path,
         progress=False,
         log=lambda m: None,
@@ -59,7 +59,7 @@ def test_cache_hit_and_invalidation(ckpts, tmp_path):
     second = extract(spec, tmp_path, progress=False, log=logs.append)
     assert not first.cached and second.cached and "cache hit" in logs[-1]
     assert torch.equal(first.features, second.features)
-    keys = {json.dumps(first.key, sort_keys=True)}
+    keys = {first.key.to_json()}
     other = make_checkpoint("mae_tiny", tmp_path / "other.safetensors", seed=1)
     variants = [
         ExtractSpec(str(other), DIGITS, "test", "cls"),  # other weights
@@ -70,7 +70,7 @@ def test_cache_hit_and_invalidation(ckpts, tmp_path):
     for v in variants:
         fs = extract(v, tmp_path, progress=False, log=logs.append)
         assert not fs.cached
-        keys.add(json.dumps(fs.key, sort_keys=True))
+        keys.add(fs.key.to_json())
     assert len(keys) == 5
     pix = [ExtractSpec("pixels", DIGITS, "test", image_size=s) for s in (28, 16)]  # transform changes the key
     assert extract(pix[0], tmp_path, progress=False).key != extract(pix[1], tmp_path, progress=False).key
@@ -83,7 +83,7 @@ def test_all_kinds_from_one_pass_match_one_kind_at_a_time(ckpts, tmp_path, monke
     calls = []
     real = HyperINR.get_intermediate_layers
     monkeypatch.setattr(HyperINR, "get_intermediate_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
-    kinds = list(FEATURE_KINDS["minr"])
+    kinds = list(MODEL_CLASSES["minr"].kind_names())
     spec = ExtractSpec(str(ckpts["transinr_tiny"]), DIGITS, "test", batch_size=64)
     together = extract_kinds(spec, kinds, tmp_path / "a", progress=False, log=lambda m: None)
     assert len(calls) == 1  # 60 images, one batch, one forward pass for the four kinds
@@ -213,6 +213,7 @@ def test_probe_cli_end_to_end(ckpts, tmp_path, fashion_small):
     names = [e["name"] for e in res["entries"]]
     assert names == ["pixels", "ginr_tiny:data_mean", "mae_tiny:cls"]
     assert len(res["entries"][1]["linear"]["per_seed"]) == 2 and res["paired"][0]["a"] == "ginr_tiny:data_mean"
+    assert res["paired"][0]["test"] == "mcnemar" and 0 <= res["paired"][0]["p"] <= 1
     assert {r["mask_ratio"] for r in res["mask_sweep"]} == {0.0, 0.5}
     assert (tmp_path / "out" / "mask_sweep.png").stat().st_size > 1000
     preds = np.load(tmp_path / "out" / "predictions.npz", allow_pickle=False)

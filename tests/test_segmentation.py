@@ -70,13 +70,13 @@ def test_adapter_gives_feature2pyramid_its_shapes(name):
     strides 4, 8, 16, 32 of a patch-16 ViT (here: 1x, 2x, 4x, 8x of the token stride)."""
     from mmseg.models.necks import Feature2Pyramid
 
-    from finetune.segmentation import out_indices
+    from finetune.mmseg_config import out_indices
 
     with torch.device("meta"):
         bb = MinrBackbone(model_name=name, out_indices=out_indices(len_blocks(name)))
         size = bb.encoder.image_size
         feats = bb(torch.zeros(2, bb.encoder.in_chans, size, size))
-        h, w = bb.encoder.data_grid(torch.zeros(1, 1, size, size))
+        h, w = bb.encoder.token_grid(size, size)
         assert [f.shape for f in feats] == [(2, bb.encoder.embed_dim, h, w)] * 4
         neck = Feature2Pyramid(bb.encoder.embed_dim, norm_cfg={"type": "BN"})
         pyramid = neck(feats)
@@ -94,7 +94,7 @@ def test_inr_pixel_features_are_dense(ckpts):
     bb = MinrBackbone(ckpt=str(ckpts["transinr_tiny"]), out_indices=(0, 3), feature="inr")
     feats = bb(torch.rand(2, 1, 56, 56))
     assert [f.shape for f in feats] == [(2, 64, 56, 56)] * 2
-    with pytest.raises(MinrError, match="MINR checkpoint"):
+    with pytest.raises(MinrError, match="needs per-pixel features.* has none"):
         MinrBackbone(ckpt=str(ckpts["mae_tiny"]), feature="inr")
     with pytest.raises(MinrError, match="do not exist"):
         MinrBackbone(ckpt=str(ckpts["mae_tiny"]), out_indices=(7,))
@@ -105,12 +105,12 @@ def test_inr_pixel_features_are_dense(ckpts):
 def test_upernet_training_lowers_the_loss(model, regime, ckpts, scenes, tmp_path):
     info = segdata.resolve(f"fashion-scenes:{scenes}")
     train = segdata.build_dataset(info, "train", in_chans=1)
-    cfg = SegConfig(ckpts=(str(ckpts[model]),), data_root=str(scenes), iters=30, batch_size=8, lr=2e-3, regime=regime)
+    cfg = SegConfig(ckpts=(str(ckpts[model]),), dataset=str(scenes), max_steps=30, batch_size=8, lr=2e-3, regime=regime)
     torch.manual_seed(0)
     seg = build_segmentor(cfg, str(ckpts[model]), "tokens", len(info.classes))
     frozen_before = {k: v.clone() for k, v in seg.backbone.state_dict().items()}
     stats = train_segmentor(seg, train, cfg, 0, tmp_path, torch.device("cpu"), resume=False, progress=False)
-    first, last = np.mean(stats["losses"][:3]), np.mean(stats["losses"][-3:])
+    first, last = np.mean(stats.losses[:3]), np.mean(stats.losses[-3:])
     assert last < 0.8 * first, (first, last)
     if regime == "frozen":
         assert all(torch.equal(v, seg.backbone.state_dict()[k]) for k, v in frozen_before.items())
@@ -120,7 +120,7 @@ def test_iou_metric_agrees_with_a_confusion_matrix(ckpts, scenes):
     """mmseg's IoUMetric on a model's predictions against mIoU from a numpy confusion matrix (and torchmetrics)."""
     info = segdata.resolve(f"fashion-scenes:{scenes}")
     val = segdata.build_dataset(info, "val", in_chans=1)
-    cfg = SegConfig(ckpts=(str(ckpts["mae_tiny"]),), data_root=str(scenes), regime="frozen")
+    cfg = SegConfig(ckpts=(str(ckpts["mae_tiny"]),), dataset=str(scenes), regime="frozen")
     torch.manual_seed(0)
     seg = build_segmentor(cfg, str(ckpts["mae_tiny"]), "tokens", len(info.classes))
     res = evaluate(seg, val, torch.device("cpu"))
@@ -153,9 +153,9 @@ def test_bad_segmentation_folders(scenes, tmp_path):
     with pytest.raises(MinrError, match="30x30 but image"):
         segdata.resolve(f"fashion-scenes:{bad}")
     Image.fromarray(np.full((56, 56), 42, np.uint8)).save(bad / "ann_dir" / "val" / "00003.png")
-    val = segdata.build_dataset(segdata.resolve(f"fashion-scenes:{bad}"), "val", in_chans=1)
     with pytest.raises(MinrError, match="00003.png has label 42 but the dataset has 11 classes"):
-        [val[i] for i in range(len(val))]
+        segdata.resolve(f"fashion-scenes:{bad}")  # checked up front, before any training
+    Image.fromarray(np.full((56, 56), 3, np.uint8)).save(bad / "ann_dir" / "val" / "00003.png")
     with pytest.raises(MinrError, match="img_dir"):
         segdata.resolve(f"seg:{tmp_path}")
     (bad / "img_dir" / "train" / "zzz.png").write_bytes((bad / "img_dir" / "train" / "00000.png").read_bytes())
@@ -274,3 +274,37 @@ def test_ade20k_layout_and_scene_determinism(tmp_path, fashion_small):
     b = make_fashion_scenes(tmp_path / "b", n_train=3, n_val=2, seed=5, data_root=str(fashion_small))
     for p in sorted((a / "ann_dir" / "train").iterdir()):
         assert p.read_bytes() == (b / "ann_dir" / "train" / p.name).read_bytes()
+
+
+@pytest.mark.slow
+def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
+    """A segmentation run killed right after its first checkpoint and resumed ends with the weights of one never
+    stopped: the one training loop's resume holds for its third user."""
+    import minr.loop
+    from minr.checkpoint import load_checkpoint, weights_sha256
+
+    info = segdata.resolve(f"fashion-scenes:{scenes}")
+    train = segdata.build_dataset(info, "train", in_chans=1)
+    cfg = SegConfig(ckpts=(str(ckpts["ginr_tiny"]),), dataset=str(scenes), max_steps=9, batch_size=8, regime="full")
+
+    def run(out, resume=False):
+        torch.manual_seed(0)
+        seg = build_segmentor(cfg, str(ckpts["ginr_tiny"]), "tokens", len(info.classes))
+        return train_segmentor(seg, train, cfg, 0, out, torch.device("cpu"), resume=resume, progress=False)
+
+    run(tmp_path / "a")
+    real_save = minr.loop.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minr.loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(minr.loop, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "b" / "segmentation.safetensors").meta["step"] == 6  # 48 images / 8: epoch end
+    run(tmp_path / "b", resume=True)
+    a, b = (load_checkpoint(tmp_path / d / "segmentation.safetensors") for d in "ab")
+    assert b.meta["step"] == 9 and b.meta["kind"] == "segmentation" and b.meta["model"] == "ginr_tiny"
+    assert weights_sha256(a.model_state) == weights_sha256(b.model_state)

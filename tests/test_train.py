@@ -10,19 +10,22 @@ import torch
 
 from minr.build import default_config
 from minr.checkpoint import load_checkpoint, weights_sha256
-from minr.config import OptimConfig
 from minr.errors import MinrError
-from minr.train import epoch_batches, lr_at, pretrain
+from minr.loop import lr_factor
+from minr.runtime import epoch_batches
+from minr.train import pretrain
 from tests.conftest import ROOT
 
 
 def test_lr_schedules():
-    step = OptimConfig(lr=1.0, schedule="step", decay_at=0.8)
-    assert lr_at(79, 100, step) == 1.0 and lr_at(80, 100, step) == pytest.approx(0.1)
-    cos = OptimConfig(lr=1.0, schedule="cosine", warmup_fraction=0.1)
-    assert lr_at(0, 100, cos) == pytest.approx(0.1) and lr_at(9, 100, cos) == pytest.approx(1.0)
-    assert lr_at(10, 100, cos) == pytest.approx(1.0) and lr_at(99, 100, cos) < 0.01
-    assert lr_at(55, 100, OptimConfig(lr=0.5)) == 0.5
+    def f(step, schedule, **kw):
+        return lr_factor(step, 100, schedule=schedule, **kw)
+
+    assert f(79, "step", decay_at=0.8) == 1.0 and f(80, "step", decay_at=0.8) == pytest.approx(0.1)
+    assert f(0, "cosine", warmup_fraction=0.1) == pytest.approx(0.1) and f(9, "cosine", warmup_fraction=0.1) == 1.0
+    assert f(10, "cosine", warmup_fraction=0.1) == 1.0 and f(99, "cosine", warmup_fraction=0.1) < 0.01
+    assert f(55, "constant") == 1.0
+    assert f(10, "poly", warmup_fraction=0.1) == 1.0 and f(55, "poly", warmup_fraction=0.1) == pytest.approx(0.5)
 
 
 def test_epoch_batches_are_keyed_and_full():

@@ -9,12 +9,12 @@ from functools import partial
 
 import torch
 from timm.layers import PatchEmbed, trunc_normal_
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from minr.errors import MinrError
 from minr.masking import to_pixels
-from minr.models.base import EncoderMixin, PretrainOutput
+from minr.models.base import Encoder, FeatureKind, PretrainOutput
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -32,14 +32,37 @@ def unpatchify(patches: torch.Tensor, patch: int, channels: int) -> torch.Tensor
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, g * patch, g * patch)
 
 
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+INPUT_NORMS = ("none", "imagenet")
+
+
+def mae_sincos(gh: int, gw: int, dim: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos table, in MAE's own channel order [sin x | cos x | sin y | cos y] and precision
+    (float64, then float32), for a (gh, gw) patch grid in row-major order. Returns (gh * gw, dim)."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))  # (dim / 4,)
+    ys, xs = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij")
+
+    def one_axis(pos: torch.Tensor) -> torch.Tensor:
+        angles = pos.reshape(-1, 1) * omega  # (gh * gw, dim / 4)
+        return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+    return torch.cat([one_axis(xs), one_axis(ys)], dim=1).float()
+
+
 def _sincos(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding with a zero row for the cls token. Returns (1, 1 + grid^2, dim)."""
-    pe = build_sincos2d_pos_embed([grid, grid], dim=dim)
-    return torch.cat([torch.zeros(1, dim), pe], dim=0)[None]
+    """The table for a square grid with a zero row for the cls token. Returns (1, 1 + grid^2, dim)."""
+    return torch.cat([torch.zeros(1, dim), mae_sincos(grid, grid, dim)], dim=0)[None]
 
 
-class MAE(EncoderMixin, nn.Module):
+class MAE(Encoder):
     family = "mae"
+    FEATURE_KINDS = (
+        FeatureKind("cls", "the cls token (any block; the last block's after the final norm)"),
+        FeatureKind("patch_mean", "mean of the patch tokens (any block)"),
+        FeatureKind("concat", "cls and patch_mean side by side", token_pool=False),
+    )
+    FINETUNE_KIND = "patch_mean"
+    STEM = r"^cls_token$|^pos_embed$|^patch_embed\."
     decoder_prefixes = ("decoder_", "mask_token")
 
     def __init__(
@@ -57,12 +80,31 @@ class MAE(EncoderMixin, nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = False,
         drop_path_rate: float = 0.0,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
+        sizes = dict(image_size=image_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim)
+        for name, value in {**sizes, "num_heads": num_heads, "decoder_depth": decoder_depth}.items():
+            if not isinstance(value, int) or value < 1:
+                raise MinrError(f"model_args.{name} must be a positive integer, got {value!r}")
         if image_size % patch_size:
-            raise ValueError(f"MAE needs a patch size that divides the image: {patch_size} vs {image_size}")
+            raise MinrError(
+                f"model_args.patch_size={patch_size} must divide image_size={image_size} (MAE masks whole patches)"
+            )
+        if embed_dim % num_heads or decoder_dim % decoder_heads:
+            raise MinrError("model_args.embed_dim / decoder_dim must be multiples of num_heads / decoder_heads")
+        if input_norm not in INPUT_NORMS:
+            raise MinrError(f"model_args.input_norm must be none or imagenet, got {input_norm!r}")
         self.image_size, self.in_chans, self.patch_size, self.embed_dim = image_size, in_chans, patch_size, embed_dim
         self.norm_pix_loss = norm_pix_loss
+        # Official MAE checkpoints expect ImageNet-normalised inputs (and reconstruct in that space); minr trains
+        # on [0, 1] images ("none"). Gray models use the mean of the three channels' statistics.
+        self.input_norm = input_norm
+        mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        if in_chans != 3:
+            mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
+        self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
         norm = partial(nn.LayerNorm, eps=1e-6)
         self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         grid, L = image_size // patch_size, (image_size // patch_size) ** 2
@@ -99,24 +141,38 @@ class MAE(EncoderMixin, nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def data_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-
     def _patch_pos(self, x: torch.Tensor) -> torch.Tensor:
         """Fixed sin-cos positions of the patch grid; rebuilt exactly for another input size."""
-        gh, gw = self.data_grid(x)
+        gh, gw = self.token_grid(*x.shape[-2:])
         if gh * gw == self.num_patches:
             return self.pos_embed[:, 1:]
-        return build_sincos2d_pos_embed([gh, gw], dim=self.embed_dim).to(x.device, x.dtype)[None]
+        return mae_sincos(gh, gw, self.embed_dim).to(x.device, x.dtype)[None]
 
-    def token_groups(self) -> dict[str, slice]:
-        return {"cls": slice(0, 1), "patch": slice(1, None)}
+    # -- the encoder interface ----------------------------------------------------------------------------
+    def pool(self, tokens: torch.Tensor, kind: str, *, last_block: bool) -> torch.Tensor:
+        """(B, 1 + L, D) -> (B, F)."""
+        if kind == "cls":
+            return tokens[:, :1].mean(1)
+        if kind == "patch_mean":
+            return tokens[:, 1:].mean(1)
+        if kind == "concat":
+            return torch.cat([tokens[:, :1].mean(1), tokens[:, 1:].mean(1)], dim=1)
+        raise MinrError(f"feature kind {kind!r} does not exist for mae encoders")
+
+    def _spatial_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, 1:]
+
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        return height // self.patch_size, width // self.patch_size
+
+    def _head_info(self) -> dict[str, int]:
+        return {"size_divisor": self.patch_size}  # whole patches only
 
     # -- encoder ----------------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor, mask: torch.Tensor | None):
         """Patch tokens of the visible patches, cls first. Returns (tokens (B, 1+K, D), ids_restore (B, L) or
         None, attention mask (B, 1, 1, 1+K) or None when every image keeps the same number of patches)."""
-        tokens = self.patch_embed(x) + self._patch_pos(x)  # (B, L, D)
+        tokens = self.patch_embed(self._normalize(x)) + self._patch_pos(x)  # (B, L, D)
         ids_restore = attn = None
         if mask is not None:
             flat = mask.flatten(1)  # (B, L) True = masked
@@ -135,11 +191,11 @@ class MAE(EncoderMixin, nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None, mask_patch: int, keep: set[int]
     ) -> list[torch.Tensor]:
         if mask is not None and mask_patch != self.patch_size:
-            raise ValueError(f"MAE masks whole patches: mask patch {mask_patch} != model patch {self.patch_size}")
+            raise MinrError(f"MAE masks whole patches: mask patch {mask_patch} != model patch {self.patch_size}")
         h, _, attn = self._embed(x, mask)
         if attn is not None:
-            raise ValueError(
-                "MAE features under masking need the same visible count per image (mask kind random or block)"
+            raise MinrError(
+                "MAE features under masking need the same visible count per image: use mask kind random or block"
             )
         outs, last = [], len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -169,19 +225,20 @@ class MAE(EncoderMixin, nn.Module):
             seq = block(seq)
         return self.decoder_pred(self.decoder_norm(seq))[:, 1:]
 
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_norm == "none" else (x - self.input_mean) / self.input_std
+
     def _target_stats(self, images: torch.Tensor):
-        target = patchify(images, self.patch_size)
+        target = patchify(self._normalize(images), self.patch_size)
         if not self.norm_pix_loss:
             return target, None, None
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
         return (target - mean) / (var + 1e-6) ** 0.5, mean, var
 
-    def forward(
-        self, images: torch.Tensor, mask: torch.Tensor, mask_patch: int, pixel_index: torch.Tensor | None = None
-    ) -> PretrainOutput:
-        """MSE on the masked patches only (MAE). `pixel_index` is a MINR option and is ignored here."""
+    def forward(self, images: torch.Tensor, mask: torch.Tensor, mask_patch: int) -> PretrainOutput:
+        """MSE on the masked patches only (MAE); the reconstruction comes back in image space ([0, 1])."""
         if mask_patch != self.patch_size:
-            raise ValueError(f"MAE masks whole patches: mask.patch {mask_patch} != model patch {self.patch_size}")
+            raise MinrError(f"MAE masks whole patches: mask.patch {mask_patch} != model patch {self.patch_size}")
         pred = self.decode(*self.encode(images, mask)).float()  # (B, L, P)
         target, mean, var = self._target_stats(images.float())
         per_patch = ((pred - target) ** 2).mean(-1)  # (B, L)
@@ -190,13 +247,18 @@ class MAE(EncoderMixin, nn.Module):
         if mean is not None:  # back to pixels with the true patch statistics, as MAE's own visualisation does
             pred = pred * (var + 1e-6) ** 0.5 + mean
         recon = unpatchify(pred, self.patch_size, self.in_chans)
+        if self.input_norm != "none":
+            recon = recon * self.input_std + self.input_mean
         return PretrainOutput(loss=loss, recon=recon, pixel_mask=to_pixels(mask, mask_patch, self.image_size))
 
     def reconstruct(
         self, images: torch.Tensor, mask: torch.Tensor | None, mask_patch: int, size: int | None = None
     ) -> torch.Tensor:
         if size not in (None, self.image_size):
-            raise ValueError("MAE predicts patches on its own grid and cannot render at another resolution")
+            raise MinrError(
+                f"MAE predicts patches on its {self.image_size}-px grid and cannot render at {size} px; only MINR "
+                "models render at any resolution (use --scale 1)"
+            )
         if mask is None:
             mask = torch.zeros(
                 len(images), *(self.image_size // self.patch_size,) * 2, dtype=torch.bool, device=images.device

@@ -1,0 +1,328 @@
+"""`minrctl bench-speed`: training, inference, rendering and probe speed against the machine's own ceiling.
+
+The ceiling is a large fp32 (or bf16 on CUDA) matrix product timed first, in the same process: every achieved
+GFLOP/s is reported as a ratio to it, so runs on different machines compare. FLOPs are counted, not estimated
+(`torch.utils.flop_counter` on one forward + backward). Peak memory is the process's peak resident set, reset
+before each measurement (CUDA: the allocator's peak). Training steps use the models' own forward, Adam, random
+75% masking and real shapes; the timings are medians over steps after a warm-up step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from minr.build import default_config
+from minr.config import MaskConfig
+from minr.masking import make_masks
+from minr.models import create_model
+
+TINY = ("ginr_tiny", "transinr_tiny", "mae_tiny")
+PAPER = ("ginr_paper", "transinr_paper", "mae_base_paper")
+BATCHES = (1, 4, 16, 64)
+
+
+@dataclass
+class TrainSpeed:
+    model: str
+    batch: int
+    step_s: float
+    images_per_s: float
+    gflop_per_image: float
+    gflops: float
+    ceiling_ratio: float
+    peak_mb: float
+
+
+@dataclass
+class RenderSpeed:
+    model: str
+    scale: int
+    pixels: int
+    seconds: float
+    peak_mb: float
+
+
+@dataclass
+class SpeedReport:
+    hardware: dict[str, Any]
+    device: str
+    ceiling_gflops: float
+    train: list[TrainSpeed] = field(default_factory=list)
+    extract: list[dict[str, Any]] = field(default_factory=list)
+    render: list[RenderSpeed] = field(default_factory=list)
+    probes: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- measurement helpers ----------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak-memory window (Linux: VmHWM via /proc/self/clear_refs; CUDA: the allocator's peak)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """GFLOP/s of the best of `reps` n x n x n products (fp32 on CPU, bf16 on CUDA)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _batch(model, batch: int, device: torch.device, patch: int):
+    size, chans = model.image_size, model.in_chans
+    x = torch.rand(batch, chans, size, size, device=device)
+    mask = make_masks(range(batch), MaskConfig(ratio=0.75, patch=patch), size, seed=0, salt="speed").to(device)
+    return x, mask, patch
+
+
+def train_step_fn(model, patch: int, batch: int, device: torch.device, *, autocast: bool) -> Callable[[], None]:
+    """One Adam step of the model's pretraining loss on random images with 75% random masks."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x, mask, patch = _batch(model, batch, device, patch)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
+    def step() -> None:
+        with ctx:
+            loss = model(x, mask, patch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def flops_per_image(model, patch: int, device: torch.device) -> float:
+    """Counted FLOPs of one training forward + backward at batch 2, per image."""
+    x, mask, patch = _batch(model, 2, device, patch)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x, mask, patch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def timed(fn: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Median seconds of `steps` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _model(name: str, device: torch.device):
+    """A preset's model (seed 0) and the mask patch of its recipe."""
+    torch.manual_seed(0)
+    return create_model(name).to(device), default_config(name).mask.patch
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------------
+def measure_training(
+    name: str,
+    batches: tuple[int, ...],
+    device: torch.device,
+    ceiling: float,
+    *,
+    steps: int,
+    budget_s: float,
+    autocast: bool = False,
+) -> list[TrainSpeed]:
+    """Step speed at each batch size, skipping sizes whose estimated step exceeds `budget_s`."""
+    model, patch = _model(name, device)
+    model.train()
+    flops = flops_per_image(model, patch, device)
+    out, per_image = [], None
+    for b in batches:
+        if per_image is not None and per_image * b * (steps + 1) > budget_s:
+            break
+        reset_peak(device)
+        step_s = timed(train_step_fn(model, patch, b, device, autocast=autocast), device, steps)
+        per_image = step_s / b
+        out.append(
+            TrainSpeed(
+                name,
+                b,
+                step_s,
+                b / step_s,
+                flops / 1e9,
+                flops * b / step_s / 1e9,
+                flops * b / step_s / 1e9 / ceiling,
+                peak_mb(device),
+            )
+        )
+    return out
+
+
+@torch.inference_mode()
+def measure_render(name: str, scales: tuple[int, ...], device: torch.device) -> list[RenderSpeed]:
+    """Time and peak memory of rendering one image's INR at several multiples of its resolution."""
+    model, patch = _model(name, device)
+    model.eval()
+    x, mask, patch = _batch(model, 1, device, patch)
+    out = []
+    for s in scales:
+        reset_peak(device)
+        size = model.image_size * s
+        seconds = timed(lambda size=size: model.reconstruct(x, mask, patch, size=size), device, 1)
+        out.append(RenderSpeed(name, s, size * size, seconds, peak_mb(device)))
+    return out
+
+
+@torch.inference_mode()
+def measure_extract(name: str, device: torch.device, batch: int = 256, steps: int = 2) -> dict[str, Any]:
+    """Feature extraction (every feature kind from one pass) images/s."""
+    model, patch = _model(name, device)
+    model.eval()
+    x, _, _ = _batch(model, batch, device, patch)
+    kinds = model.kind_names()
+    seconds = timed(lambda: model.features(x, kinds), device, steps)
+    return {"model": name, "batch": batch, "images_per_s": batch / seconds}
+
+
+def measure_probes(n_train: int, n_test: int, dim: int = 256) -> dict[str, float]:
+    """Linear probe (one seed, its hyper-parameter grid) on n_train cached features; k-NN of n_test x n_train."""
+    from probes.knn import knn_predict
+    from probes.linear import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
+    x = torch.randn(n_train + n_test, dim, generator=g) + torch.nn.functional.one_hot(y, dim).float()
+    split = (x[:n_train], y[:n_train])
+    t0 = time.perf_counter()
+    linear_probe(split, (x[n_train:], y[n_train:]), (x[n_train:], y[n_train:]), 10, epochs=20)
+    t1 = time.perf_counter()
+    knn_predict(x[:n_train], y[:n_train], x[n_train:], num_classes=10)
+    t2 = time.perf_counter()
+    return {"train_features": n_train, "test_features": n_test, "dim": dim, "linear_probe_s": t1 - t0, "knn_s": t2 - t1}
+
+
+def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | None = None) -> SpeedReport:
+    from minr.runtime import hardware
+
+    ceiling = matmul_ceiling(device, n=1024 if quick else 2048)
+    report = SpeedReport(hardware(), str(device), ceiling)
+    names = models or (TINY[:1] if quick else TINY + PAPER)
+    for name in names:
+        paper = "paper" in name
+        batches = (4,) if quick else ((1, 4, 16) if paper and device.type == "cpu" else BATCHES)
+        report.train += measure_training(
+            name,
+            batches,
+            device,
+            ceiling,
+            steps=1 if quick else 3,
+            budget_s=30 if quick else 150,
+            autocast=device.type == "cuda",
+        )
+        report.extract.append(measure_extract(name, device, batch=8 if quick or paper else 256))
+        if not name.startswith("mae"):
+            report.render += measure_render(name, (1, 2) if quick else (1, 2, 4, 8), device)
+    report.probes = measure_probes(6000, 1000) if quick else measure_probes(60000, 10000)
+    return report
+
+
+def markdown(report: SpeedReport) -> str:
+    from minr.report import markdown_table
+
+    hw = report.hardware
+    rows = [
+        [
+            t.model,
+            t.batch,
+            f"{t.step_s:.3f}",
+            f"{t.images_per_s:,.1f}",
+            f"{t.gflop_per_image:.2f}",
+            f"{t.gflops:.0f}",
+            f"{100 * t.ceiling_ratio:.0f}%",
+            f"{t.peak_mb:,.0f}",
+        ]
+        for t in report.train
+    ]
+    parts = [
+        f"Measured on {hw.get('cpu')} ({hw.get('cpu_count')} cores, {hw.get('threads')} threads), {report.device}, "
+        f"torch {hw.get('torch')}. Matmul ceiling: {report.ceiling_gflops:.0f} GFLOP/s.\n",
+        markdown_table(["model", "batch", "step s", "img/s", "GFLOP/img", "GFLOP/s", "of ceiling", "peak MiB"], rows),
+    ]
+    if report.extract:
+        parts.append(
+            markdown_table(
+                ["model", "batch", "extract img/s"],
+                [[e["model"], e["batch"], f"{e['images_per_s']:,.0f}"] for e in report.extract],
+            )
+        )
+    if report.render:
+        rows = [
+            [r.model, f"{r.scale}x", f"{r.pixels:,}", f"{r.seconds:.3f}", f"{r.peak_mb:,.0f}"] for r in report.render
+        ]
+        parts.append(markdown_table(["model", "render scale", "pixels", "seconds", "peak MiB"], rows))
+    if report.probes:
+        p = report.probes
+        parts.append(
+            f"Linear probe on {p['train_features']:,} x {p['dim']} features: {p['linear_probe_s']:.1f} s; "
+            f"k-NN {p['test_features']:,} x {p['train_features']:,}: {p['knn_s']:.1f} s.\n"
+        )
+    return "\n".join(parts)
+
+
+def write_report(report: SpeedReport, out: Path) -> None:
+    from minr.io import atomic_write_text, write_json
+
+    write_json(out / "speed.json", asdict(report))
+    atomic_write_text(out / "speed.md", markdown(report))
+
+
+def update_readme(readme: Path, table: str, marker: str = "speed") -> None:
+    """Replace the text between `<!-- speed:start -->` and `<!-- speed:end -->` in the README with `table`."""
+    from minr.errors import MinrError
+    from minr.io import atomic_write_text
+
+    text = readme.read_text()
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    if start not in text or end not in text:
+        raise MinrError(f"{readme} has no {start} ... {end} section to refresh")
+    head, rest = text.split(start, 1)
+    atomic_write_text(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+
+
+def to_json(report: SpeedReport) -> str:
+    return json.dumps(asdict(report), indent=2)

@@ -1,0 +1,62 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minr.metrics import psnr_from_mse, psnr_protocols
+from minr.stats import bootstrap_mean, compare, minr_vs_mae, wilcoxon_p
+
+
+def _psnr(mse: float) -> float:
+    return -10 * math.log10(mse)
+
+
+def test_psnr_protocols_exact_on_a_hand_made_image():
+    """2x2 image of zeros; the reconstruction is 0.1..0.4; the top-left and bottom-right pixels are masked."""
+    target = torch.zeros(1, 1, 2, 2)
+    recon = torch.tensor([[[[0.1, 0.2], [0.3, 0.4]]]])
+    mask = torch.tensor([[[[True, False], [False, True]]]])
+    got = {k: v.item() for k, v in psnr_protocols(recon, target, mask).items()}
+    assert got["full"] == pytest.approx(_psnr((0.01 + 0.04 + 0.09 + 0.16) / 4), rel=1e-6)
+    assert got["pasted"] == pytest.approx(_psnr((0.01 + 0.16) / 4), rel=1e-6)  # visible pixels come from the input
+    assert got["masked"] == pytest.approx(_psnr((0.01 + 0.16) / 2), rel=1e-6)  # only the two masked pixels
+
+
+def test_psnr_protocols_channels_clamping_and_per_image():
+    """The mask broadcasts over channels, the reconstruction is clamped to [0, 1], each image has its own PSNR."""
+    target = torch.ones(2, 3, 2, 2)
+    recon = torch.full((2, 3, 2, 2), 1.5)  # clamped to 1: no error at all
+    recon[1, :, 0, 0] = 0.5  # image 1: error 0.25 on one pixel in all 3 channels
+    mask = torch.zeros(2, 1, 2, 2, dtype=torch.bool)
+    mask[:, :, 0, :] = True  # the top row is masked
+    got = psnr_protocols(recon, target, mask)
+    assert got["full"][0].item() == pytest.approx(psnr_from_mse(torch.tensor(1e-10)).item())  # floor of the log
+    assert got["full"][1].item() == pytest.approx(_psnr(0.25 * 3 / 12), rel=1e-6)
+    assert got["pasted"][1].item() == pytest.approx(_psnr(0.25 * 3 / 12), rel=1e-6)
+    assert got["masked"][1].item() == pytest.approx(_psnr(0.25 * 3 / 6), rel=1e-6)
+
+
+def test_error_outside_the_mask_counts_only_in_full():
+    target = torch.zeros(1, 1, 2, 2)
+    recon = torch.tensor([[[[0.0, 0.5], [0.5, 0.0]]]])  # wrong only on the visible pixels
+    mask = torch.tensor([[[[True, False], [False, True]]]])
+    got = psnr_protocols(recon, target, mask)
+    assert got["full"].item() == pytest.approx(_psnr(0.5 / 4), rel=1e-6)
+    assert got["pasted"].item() == got["masked"].item() == pytest.approx(100.0)  # perfect where it is judged
+
+
+def test_paired_statistics_for_continuous_values():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 200)
+    b = a - 0.5 + rng.normal(0, 0.1, 200)  # a is better by 0.5 on every item
+    p = compare("a", a, "b", b, method="m", metric="psnr")
+    assert p.test == "wilcoxon" and p.diff == pytest.approx(0.5, abs=0.05) and p.ci_low > 0.4 and p.p < 1e-10
+    assert p.significant
+    assert wilcoxon_p(a, a) == 1.0
+    mean, lo, hi = bootstrap_mean(np.array([1.0, 2.0, 3.0, float("nan")]))
+    assert mean == 2.0 and 1.0 <= lo <= mean <= hi <= 3.0
+    rows = minr_vs_mae([("g", "minr", a), ("t", "minr", a), ("m", "mae", b)], method="m", metric="psnr")
+    assert [(r.a, r.b) for r in rows] == [("g", "m"), ("t", "m")]
+    with pytest.raises(ValueError, match="same items"):
+        compare("a", a, "b", b[:10], method="m", metric="psnr")
