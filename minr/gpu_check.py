@@ -14,7 +14,7 @@ import torch
 
 from minr.build import default_config
 from minr.models import create_model
-from minr.speed import _batch, flops_per_image, matmul_ceiling, peak_mb, reset_peak, timed, train_step_fn
+from minr.speed import PeakMemory, _batch, flops_per_image, matmul_ceiling, timed, train_step_fn
 
 PAPER = ("transinr_paper", "ginr_paper", "mae_base_paper")
 TINY = ("transinr_tiny", "ginr_tiny", "mae_tiny")
@@ -56,8 +56,8 @@ def throughput(
     model = create_model(name).to(device).train()
     patch = default_config(name).mask.patch
     flops = flops_per_image(model, patch, device)
-    reset_peak(device)
-    step_s = timed(train_step_fn(model, patch, batch, device, autocast=True), device, steps)
+    with PeakMemory(device) as mem:
+        step_s = timed(train_step_fn(model, patch, batch, device, autocast=True), device, steps)
     achieved = flops * batch / step_s / 1e12
     return {
         "batch": batch,
@@ -67,7 +67,7 @@ def throughput(
         "tflops": achieved,
         "mfu_vs_measured": achieved / (ceiling / 1000),
         "mfu_vs_nominal": achieved / nominal,
-        "peak_mb": peak_mb(device),
+        "peak_mb": mem.peak_mb,
     }
 
 

@@ -37,6 +37,27 @@ def normalize_columns(weight: torch.Tensor) -> torch.Tensor:
     return F.normalize(weight, dim=-2)
 
 
+class _MatMul(torch.autograd.Function):
+    """x @ w whose weight gradient is computed as (g^T x)^T rather than x^T g: the same sum, but CPU BLAS runs the
+    thin output layer's (I x O = 256 x 3 over 132,496 rows) 3x faster that way (measured 147 ms -> 48 ms)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
+            # keep what autocast multiplies, as torch's own matmul does
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w = x.to(dtype), w.to(dtype)
+        ctx.save_for_backward(x, w)
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, w = ctx.saved_tensors
+        gx = g @ w.transpose(-1, -2) if ctx.needs_input_grad[0] else None
+        gw = (g.transpose(-1, -2) @ x).transpose(-1, -2) if ctx.needs_input_grad[1] else None
+        return gx, gw
+
+
 def render_mlp(
     x: torch.Tensor,
     weights: list[torch.Tensor],
@@ -54,12 +75,20 @@ def render_mlp(
     batch = next((w.shape[0] for w in weights if w.dim() == 3), 1)
     hidden = []
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        shape = x.shape[:-1]
         if w.dim() == 2:  # shared weight: one matmul over every (image, point)
-            x = torch.addmm(b, x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[-1])
-        else:  # per-image weight: (B, Q, I) @ (B, I, O); the bias is added inside the matmul
-            x = torch.baddbmm(b, x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w)
+            y = _MatMul.apply(x.reshape(-1, x.shape[-1]), w)  # (rows, O)
+        else:  # per-image weight: (B, Q, I) @ (B, I, O)
+            y = _MatMul.apply(x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w)
+            shape = y.shape[:-1]
+        # Bias and ReLU in place on the product (never on a view of it): at 182 px the activations are
+        # 4 x 33,124 x 256 per layer, and a fresh buffer for each (addmm's broadcast bias, an out-of-place ReLU)
+        # cost a fifth of a training step. Autograd allows it: the product's backward needs its inputs only,
+        # ReLU's backward needs only its output.
+        y = y.add_(b)
         if layer < last:
-            x = F.relu(x)
+            y = y.relu_()
+        x = y.view(*shape, w.shape[-1])
         if hidden_layers is not None and layer in hidden_layers:
             hidden.append(x if x.dim() == 3 else x.expand(batch, *x.shape))
             if len(hidden) == len(hidden_layers):

@@ -10,9 +10,12 @@ before each measurement (CUDA: the allocator's peak). Training steps use the mod
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import json
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -42,6 +45,7 @@ class TrainSpeed:
     gflops: float
     ceiling_ratio: float
     peak_mb: float
+    rise_mb: float  # the peak above the resident set before the measurement
 
 
 @dataclass
@@ -51,6 +55,7 @@ class RenderSpeed:
     pixels: int
     seconds: float
     peak_mb: float
+    rise_mb: float
 
 
 @dataclass
@@ -71,22 +76,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak(device: torch.device) -> None:
-    """Start a new peak-memory window (Linux: VmHWM via /proc/self/clear_refs; CUDA: the allocator's peak)."""
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class PeakMemory:
+    """The peak memory of a block: CUDA's allocator peak, or on CPU the resident set sampled every 2 ms by a
+    thread (the kernel's own peak, VmHWM, cannot be reset on every machine). `.peak_mb` and `.rise_mb` (the peak
+    above the resident set at the start) are set on exit."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.peak_mb, self.rise_mb = device, float("nan"), float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        with contextlib.suppress(OSError, AttributeError):  # give freed memory back, so the start is what is in use
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self.start = self.peak_mb = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = max(self.peak_mb, _rss_mb())
+        self.rise_mb = self.peak_mb - self.start
 
 
 def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
@@ -175,20 +203,12 @@ def measure_training(
     for b in batches:
         if per_image is not None and per_image * b * (steps + 1) > budget_s:
             break
-        reset_peak(device)
-        step_s = timed(train_step_fn(model, patch, b, device, autocast=autocast), device, steps)
+        with PeakMemory(device) as mem:
+            step_s = timed(train_step_fn(model, patch, b, device, autocast=autocast), device, steps)
         per_image = step_s / b
+        gflops = flops * b / step_s / 1e9
         out.append(
-            TrainSpeed(
-                name,
-                b,
-                step_s,
-                b / step_s,
-                flops / 1e9,
-                flops * b / step_s / 1e9,
-                flops * b / step_s / 1e9 / ceiling,
-                peak_mb(device),
-            )
+            TrainSpeed(name, b, step_s, b / step_s, flops / 1e9, gflops, gflops / ceiling, mem.peak_mb, mem.rise_mb)
         )
     return out
 
@@ -201,10 +221,10 @@ def measure_render(name: str, scales: tuple[int, ...], device: torch.device) -> 
     x, mask, patch = _batch(model, 1, device, patch)
     out = []
     for s in scales:
-        reset_peak(device)
         size = model.image_size * s
-        seconds = timed(lambda size=size: model.reconstruct(x, mask, patch, size=size), device, 1)
-        out.append(RenderSpeed(name, s, size * size, seconds, peak_mb(device)))
+        with PeakMemory(device) as mem:
+            seconds = timed(lambda size=size: model.reconstruct(x, mask, patch, size=size), device, 1)
+        out.append(RenderSpeed(name, s, size * size, seconds, mem.peak_mb, mem.rise_mb))
     return out
 
 
@@ -275,13 +295,16 @@ def markdown(report: SpeedReport) -> str:
             f"{t.gflops:.0f}",
             f"{100 * t.ceiling_ratio:.0f}%",
             f"{t.peak_mb:,.0f}",
+            f"{t.rise_mb:,.0f}",
         ]
         for t in report.train
     ]
     parts = [
         f"Measured on {hw.get('cpu')} ({hw.get('cpu_count')} cores, {hw.get('threads')} threads), {report.device}, "
         f"torch {hw.get('torch')}. Matmul ceiling: {report.ceiling_gflops:.0f} GFLOP/s.\n",
-        markdown_table(["model", "batch", "step s", "img/s", "GFLOP/img", "GFLOP/s", "of ceiling", "peak MiB"], rows),
+        markdown_table(
+            ["model", "batch", "step s", "img/s", "GFLOP/img", "GFLOP/s", "of ceiling", "peak MiB", "rise MiB"], rows
+        ),
     ]
     if report.extract:
         parts.append(

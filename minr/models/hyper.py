@@ -290,7 +290,7 @@ class HyperINR(Encoder):
         weights = self.predict_weights(self.encode(x, pixel_mask))
         s = size or images.shape[-1]
         coords = inr.coord_grid(s, s, device=images.device)  # (Q, 2)
-        chunk = max(4096, 2**24 // (len(images) * max(o for _, o in self.layer_shapes)))
+        chunk = max(4096, 2**23 // (len(images) * max(o for _, o in self.layer_shapes)))  # 32 MiB per activation
         out = torch.cat([self.render(coords[i : i + chunk], weights) for i in range(0, len(coords), chunk)], dim=1)
         return out.transpose(1, 2).reshape(images.shape[0], -1, s, s)
 
