@@ -290,7 +290,7 @@ def markdown(report: SpeedReport) -> str:
             t.model,
             t.batch,
             f"{t.step_s:.3f}",
-            f"{t.images_per_s:,.1f}",
+            f"{t.images_per_s:,.2f}" if t.images_per_s < 10 else f"{t.images_per_s:,.1f}",
             f"{t.gflop_per_image:.2f}",
             f"{t.gflops:.0f}",
             f"{100 * t.ceiling_ratio:.0f}%",
@@ -315,9 +315,10 @@ def markdown(report: SpeedReport) -> str:
         )
     if report.render:
         rows = [
-            [r.model, f"{r.scale}x", f"{r.pixels:,}", f"{r.seconds:.3f}", f"{r.peak_mb:,.0f}"] for r in report.render
+            [r.model, f"{r.scale}x", f"{r.pixels:,}", f"{r.seconds:.3f}", f"{r.peak_mb:,.0f}", f"{r.rise_mb:,.0f}"]
+            for r in report.render
         ]
-        parts.append(markdown_table(["model", "render scale", "pixels", "seconds", "peak MiB"], rows))
+        parts.append(markdown_table(["model", "render scale", "pixels", "seconds", "peak MiB", "rise MiB"], rows))
     if report.probes:
         p = report.probes
         parts.append(
@@ -325,6 +326,14 @@ def markdown(report: SpeedReport) -> str:
             f"k-NN {p['test_features']:,} x {p['train_features']:,}: {p['knn_s']:.1f} s.\n"
         )
     return "\n".join(parts)
+
+
+def load_report(path: Path) -> SpeedReport:
+    """A report written by `write_report`, back as dataclasses (to re-render its Markdown)."""
+    data = json.loads(Path(path).read_text())
+    train = [TrainSpeed(**t) for t in data.pop("train")]
+    render = [RenderSpeed(**r) for r in data.pop("render")]
+    return SpeedReport(**data, train=train, render=render)
 
 
 def write_report(report: SpeedReport, out: Path) -> None:
