@@ -133,11 +133,11 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
             warmup_fraction=cfg.warmup_fraction,
         )
         result = fit(
-            model=model,
-            optimizer=optim,
-            dataset=train,
-            step_fn=step_fn,
-            plan=plan,
+            model,
+            optim,
+            train,
+            step_fn,
+            plan,
             ckpt_path=out / CKPT,
             meta=meta,
             device=device,

@@ -12,11 +12,15 @@ from minr.errors import MinrError
 FEATURES = ("tokens", "inr")  # segmentation backbone features: token maps, or MINR's per-pixel INR activations
 
 
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 @dataclass(frozen=True)
-class FinetuneConfig:
+class TrainingSettings:
+    """What fine-tuning and segmentation share: the checkpoints, AdamW with layer decay, warm-up, seeds, device."""
+
     ckpts: tuple[str, ...]
-    data: DataConfig = field(default_factory=DataConfig)
-    epochs: int = 3
     max_steps: int | None = None
     batch_size: int = 64
     lr: float = 2e-3
@@ -24,68 +28,68 @@ class FinetuneConfig:
     layer_decay: float = 0.75
     warmup_fraction: float = 0.1
     drop_path: float = 0.1
+    seeds: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.ckpts:
+            raise MinrError("give at least one --ckpt")
+        for name in ("batch_size", "seeds", *(("max_steps",) if self.max_steps is not None else ())):
+            if getattr(self, name) < 1:
+                raise MinrError(f"{_option(name)} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.layer_decay <= 1:
+            raise MinrError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MinrError(f"--lr must be a positive finite number, got {self.lr}")
+        self._at_least_zero("weight_decay")
+        self._fractions("drop_path", "warmup_fraction")
+
+    def _at_least_zero(self, *names: str) -> None:
+        for name in names:
+            if not 0 <= getattr(self, name) < float("inf"):
+                raise MinrError(f"{_option(name)} must be >= 0, got {getattr(self, name)}")
+
+    def _fractions(self, *names: str) -> None:
+        for name in names:
+            if not 0 <= getattr(self, name) < 1:
+                raise MinrError(f"{_option(name)} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(TrainingSettings):
+    data: DataConfig = field(default_factory=DataConfig)
+    epochs: int = 3
     label_smoothing: float = 0.1
     mixup: float = 0.0
     cutmix: float = 0.0
     trainable_blocks: int | None = None
     kind: str | None = None
-    seeds: int = 1
-    device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.ckpts:
-            raise MinrError("give at least one --ckpt")
-        for name in ("epochs", "batch_size", "seeds"):
-            if getattr(self, name) < 1:
-                raise MinrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise MinrError(f"--max-steps must be >= 1, got {self.max_steps}")
-        if not 0 < self.layer_decay <= 1:
-            raise MinrError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MinrError(f"--lr must be a positive finite number, got {self.lr}")
-        for name in ("weight_decay", "mixup", "cutmix"):
-            if not 0 <= getattr(self, name) < float("inf"):
-                raise MinrError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("drop_path", "label_smoothing", "warmup_fraction"):
-            if not 0 <= getattr(self, name) < 1:
-                raise MinrError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        super().__post_init__()
+        if self.epochs < 1:
+            raise MinrError(f"--epochs must be >= 1, got {self.epochs}")
+        self._at_least_zero("mixup", "cutmix")
+        self._fractions("label_smoothing")
 
 
 @dataclass(frozen=True)
-class SegConfig:
-    ckpts: tuple[str, ...]
-    dataset: str
-    max_steps: int = 200
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    warmup_fraction: float = 0.1
-    drop_path: float = 0.1
+class SegConfig(TrainingSettings):
+    dataset: str = ""
+    max_steps: int | None = 200
     regime: str = "full"
     backbones: tuple[str, ...] = ("tokens",)
     head_channels: int = 64
     crop: int | None = None
-    seeds: int = 1
     max_images: int | None = None
-    device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not self.ckpts:
-            raise MinrError("give at least one --ckpt")
+        super().__post_init__()
+        if not self.dataset:
+            raise MinrError("--task segmentation needs --dataset fashion-scenes:PATH, ade20k:PATH or seg:PATH")
+        if self.max_steps is None:
+            raise MinrError("--max-steps must be >= 1, got None")
         if self.regime not in ("full", "frozen"):
             raise MinrError(f"--regime must be full or frozen, got {self.regime!r}")
         if set(self.backbones) - set(FEATURES):
             raise MinrError(f"--backbone must be tokens or inr, got {self.backbones}")
-        for name, value in (
-            ("--max-steps", self.max_steps),
-            ("--batch-size", self.batch_size),
-            ("--seeds", self.seeds),
-        ):
-            if value < 1:
-                raise MinrError(f"{name} must be >= 1, got {value}")
-        if not 0 < self.layer_decay <= 1:
-            raise MinrError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise MinrError(f"--lr must be a positive finite number, got {self.lr}")

@@ -130,11 +130,11 @@ def train_segmentor(
             ckpt_every=50,
         )
         return fit(
-            model=model,
-            optimizer=optim,
-            dataset=dataset,
-            step_fn=step_fn,
-            plan=plan,
+            model,
+            optim,
+            dataset,
+            step_fn,
+            plan,
             ckpt_path=out / CKPT,
             meta=meta,
             device=device,

@@ -133,12 +133,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fit(
-    *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     dataset: Dataset,
     step_fn: Callable[[Any, int], StepResult],
     plan: LoopPlan,
+    *,
     ckpt_path: Path,
     meta: Callable[[int, int], dict[str, Any]],
     device: torch.device,

@@ -139,15 +139,27 @@ def _batch(model, batch: int, device: torch.device, patch: int):
     return x, mask, patch
 
 
-def train_step_fn(model, patch: int, batch: int, device: torch.device, *, autocast: bool) -> Callable[[], None]:
+def _pixels(model, device: torch.device, render_fraction: float) -> dict[str, torch.Tensor]:
+    """The forward's extra argument for rendering a random fraction of the pixels (MINR's fast option)."""
+    if render_fraction >= 1:
+        return {}
+    n = model.image_size**2
+    g = torch.Generator().manual_seed(0)
+    return {"pixel_index": torch.randperm(n, generator=g)[: max(1, int(n * render_fraction))].to(device)}
+
+
+def train_step_fn(
+    model, patch: int, batch: int, device: torch.device, *, autocast: bool, render_fraction: float = 1.0
+) -> Callable[[], None]:
     """One Adam step of the model's pretraining loss on random images with 75% random masks."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x, mask, patch = _batch(model, batch, device, patch)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    extra = _pixels(model, device, render_fraction)
 
     def step() -> None:
         with ctx:
-            loss = model(x, mask, patch).loss
+            loss = model(x, mask, patch, **extra).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -155,12 +167,12 @@ def train_step_fn(model, patch: int, batch: int, device: torch.device, *, autoca
     return step
 
 
-def flops_per_image(model, patch: int, device: torch.device) -> float:
+def flops_per_image(model, patch: int, device: torch.device, render_fraction: float = 1.0) -> float:
     """Counted FLOPs of one training forward + backward at batch 2, per image."""
     x, mask, patch = _batch(model, 2, device, patch)
     counter = FlopCounterMode(display=False)
     with counter:
-        model(x, mask, patch).loss.backward()
+        model(x, mask, patch, **_pixels(model, device, render_fraction)).loss.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
 

@@ -207,11 +207,11 @@ def _pretrain(cfg: PretrainConfig, out: Path, device, env, resume: bool, progres
     )
     try:
         result = fit(
-            model=model,
-            optimizer=optim,
-            dataset=data,
-            step_fn=step_fn,
-            plan=plan,
+            model,
+            optim,
+            data,
+            step_fn,
+            plan,
             ckpt_path=out / CKPT_NAME,
             meta=meta,
             device=device,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import struct
 from pathlib import Path
@@ -14,6 +15,23 @@ from PIL import Image
 from minr.sources import DEBIAN_FASHION_MNIST, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def killed_after_first_checkpoint(monkeypatch):
+    """Within the block, the first checkpoint is written and then the run dies (KeyboardInterrupt, as a kill)."""
+    import minr.loop
+
+    real = minr.loop.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(minr.loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        yield
+    monkeypatch.setattr(minr.loop, "save_checkpoint", real)
 
 
 @pytest.fixture(autouse=True)

@@ -125,6 +125,19 @@ def files(tmp_path_factory, fashion_small):
 P = ["pretrain", "--model", "ginr_tiny", "--max-steps", "2", "--quiet", "--data-root", "{fm}", "--out", "{tmp}/r"]
 D = ["--dataset", "digits", "--max-images", "40", "--cache-dir", "{tmp}/cache"]
 FT = ["finetune", "--ckpt", "{ginr}", "--out", "{tmp}/ft", "--quiet"]
+RUN = [
+    "pretrain",
+    "--model",
+    "mae_tiny",
+    "--data-root",
+    "{fm}",
+    "--out",
+    "{run}",
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "32",
+]
 
 ROWS = [
     # pretrain: names, overrides and values
@@ -161,41 +174,8 @@ ROWS = [
     (["pretrain", "--model", "ginr_tiny", "--data-root", "{emptyidx}", "--out", "{tmp}/r"], "is not an IDX file"),
     (["pretrain", "--model", "ginr_tiny", "--data-root", "{mismatch}", "--out", "{tmp}/r"], "do not match"),
     # pretrain: run directories
-    (
-        [
-            "pretrain",
-            "--model",
-            "mae_tiny",
-            "--data-root",
-            "{fm}",
-            "--out",
-            "{run}",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "32",
-        ],
-        "pass --resume",
-    ),
-    (
-        [
-            "pretrain",
-            "--model",
-            "mae_tiny",
-            "--data-root",
-            "{fm}",
-            "--out",
-            "{run}",
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "32",
-            "--resume",
-            "--set",
-            "mask.ratio=0.5",
-        ],
-        "different settings: mask.ratio",
-    ),
+    ([*RUN], "pass --resume"),
+    ([*RUN, "--resume", "--set", "mask.ratio=0.5"], "different settings: mask.ratio"),
     (["pretrain", "--model", "ginr_tiny", "--out", "{ginr}"], "--out"),
     # inspect: files that are not, or no longer, minr checkpoints
     (["inspect", "{pickle}"], "is a pickle"),

@@ -7,7 +7,7 @@ from minr.build import default_config
 from minr.config import DataConfig
 from minr.errors import MinrError
 from minr.train import pretrain
-from tests.conftest import make_checkpoint
+from tests.conftest import killed_after_first_checkpoint, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,6 @@ def test_finetuning_beats_the_frozen_linear_probe(fashion_mid, tmp_path):
 def test_finetune_resume_is_exact(ckpts, tmp_path, monkeypatch):
     """A run that dies right after its first checkpoint, resumed, ends where an uninterrupted run ends."""
     import finetune.classification as fc
-    import minr.loop
     from finetune.configs import FinetuneConfig
     from minr.checkpoint import load_checkpoint, weights_sha256
 
@@ -97,16 +96,8 @@ def test_finetune_resume_is_exact(ckpts, tmp_path, monkeypatch):
         mixup=0.2,
     )
     full = fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "a", resume=False, progress=False)
-    real_save = minr.loop.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(minr.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(monkeypatch):
         fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=False, progress=False)
-    monkeypatch.setattr(minr.loop, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b" / fc.CKPT).meta["step"] == 8
     with pytest.raises(MinrError, match="--resume"):
         fc.finetune_one(cfg, str(ckpts["ginr_tiny"]), 0, tmp_path / "b", resume=False, progress=False)

@@ -17,7 +17,7 @@ from finetune.seg_backbone import MinrBackbone
 from finetune.segmentation import SegConfig, build_segmentor, evaluate, train_segmentor
 from minr.errors import MinrError
 from minr.models import list_models
-from tests.conftest import ROOT, make_checkpoint
+from tests.conftest import ROOT, killed_after_first_checkpoint, make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +280,6 @@ def test_ade20k_layout_and_scene_determinism(tmp_path, fashion_small):
 def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
     """A segmentation run killed right after its first checkpoint and resumed ends with the weights of one never
     stopped: the one training loop's resume holds for its third user."""
-    import minr.loop
     from minr.checkpoint import load_checkpoint, weights_sha256
 
     info = segdata.resolve(f"fashion-scenes:{scenes}")
@@ -293,16 +292,8 @@ def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
         return train_segmentor(seg, train, cfg, 0, out, torch.device("cpu"), resume=resume, progress=False)
 
     run(tmp_path / "a")
-    real_save = minr.loop.save_checkpoint
-
-    def save_then_die(*args, **kwargs):
-        real_save(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(minr.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(monkeypatch):
         run(tmp_path / "b")
-    monkeypatch.setattr(minr.loop, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "b" / "segmentation.safetensors").meta["step"] == 6  # 48 images / 8: epoch end
     run(tmp_path / "b", resume=True)
     a, b = (load_checkpoint(tmp_path / d / "segmentation.safetensors") for d in "ab")

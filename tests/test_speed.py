@@ -10,6 +10,7 @@ from minr.build import default_config
 from minr.config import MaskConfig
 from minr.models import create_model
 from minr.train import pretrain
+from tests.conftest import killed_after_first_checkpoint
 
 
 def _masks(kind, n=4, ratio=0.75):
@@ -51,7 +52,6 @@ def test_dropped_tokens_are_unseen_and_padding_is_exact():
 def test_fast_options_train_and_resume_exactly(fashion_small, tmp_path, monkeypatch):
     """Both fast options on (dropped tokens, a quarter of the pixels rendered, GINR's coordinate noise): a run
     killed after its first checkpoint and resumed ends where an uninterrupted run ends."""
-    import minr.loop
     from minr.checkpoint import load_checkpoint, weights_sha256
 
     over = {
@@ -66,16 +66,8 @@ def test_fast_options_train_and_resume_exactly(fashion_small, tmp_path, monkeypa
     }
     cfg = default_config("ginr_tiny", over)
     pretrain(cfg, tmp_path / "a", progress=False)
-    real = minr.loop.save_checkpoint
-
-    def die(*a, **k):
-        real(*a, **k)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(minr.loop, "save_checkpoint", die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_first_checkpoint(monkeypatch):
         pretrain(cfg, tmp_path / "b", progress=False)
-    monkeypatch.setattr(minr.loop, "save_checkpoint", real)
     assert load_checkpoint(tmp_path / "b" / "checkpoint.safetensors").meta["step"] == 3
     pretrain(cfg, tmp_path / "b", resume=True, progress=False)
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors") for d in "ab")
