@@ -84,12 +84,20 @@ def compare(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray, *, method: s
     return Paired(a_name, b_name, method, metric, len(a), d, lo, hi, p, "mcnemar" if binary else "wilcoxon")
 
 
-def minr_vs_mae(entries: Sequence[tuple[str, str, np.ndarray]], *, method: str, metric: str) -> list[Paired]:
-    """Every MINR entry against every MAE entry: `entries` are (name, family, per-item values)."""
+def minr_vs_mae(
+    entries: Sequence[tuple[str, str, np.ndarray]],
+    *,
+    method: str,
+    metric: str,
+    groups: Sequence[object] | None = None,
+) -> list[Paired]:
+    """Every MINR entry against every MAE entry: `entries` are (name, family, per-item values). With `groups` (one
+    per entry), only entries of the same group are compared, e.g. checkpoints at the same pretraining step."""
+    group = list(groups) if groups is not None else [None] * len(entries)
     return [
         compare(na, va, nb, vb, method=method, metric=metric)
-        for na, fa, va in entries
+        for (na, fa, va), ga in zip(entries, group, strict=True)
         if fa == "minr"
-        for nb, fb, vb in entries
-        if fb == "mae"
+        for (nb, fb, vb), gb in zip(entries, group, strict=True)
+        if fb == "mae" and ga == gb
     ]

@@ -104,6 +104,20 @@ class MetricsLog:
             self.tb.close()
 
 
+def run_throughput(path: Path, batch_size: int) -> tuple[float | None, float | None]:
+    """Training images/s and seconds over every session of a run, from metrics.csv's per-step rates (a resumed or
+    re-entered run keeps the throughput of the steps it trained before)."""
+    if not path.is_file():
+        return None, None
+    with open(path, newline="") as f:
+        rates = [float(r["images_per_s"]) for r in csv.DictReader(f) if r["kind"] == "train" and r["images_per_s"]]
+    rates = [r for r in rates if r > 0]
+    if not rates:
+        return None, None
+    seconds = sum(batch_size / r for r in rates)
+    return len(rates) * batch_size / seconds, seconds
+
+
 def _row_step(row: dict[str, str]) -> int | None:
     try:
         return int(row["step"]) if row.get(FIELDS[-1]) is not None else None  # a cut row lacks its last fields
@@ -228,11 +242,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, device, env, resume: bool, progres
     finally:
         if log is not None:
             log.close()
+    rate, seconds = run_throughput(out / "metrics.csv", cfg.train.batch_size)
     summary = {
         "model": cfg.model,
         "steps": result.step,
         "images_seen_this_session": result.images,
-        "train_images_per_s": result.images_per_s,
+        "train_images_per_s": rate if rate is not None else result.images_per_s,
+        "train_seconds": seconds,
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
         "world_size": env.world,

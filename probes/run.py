@@ -29,6 +29,7 @@ METHODS = ("linear", "knn")
 class ProbeConfig:
     ckpts: tuple[str, ...]
     names: tuple[str, ...] = ()  # display names of the checkpoints (default: their model names)
+    groups: tuple[str, ...] = ()  # one per checkpoint: MINR and MAE are paired only within a group (default: one)
     data: DataConfig = field(default_factory=DataConfig)
     kinds: tuple[str, ...] = ()  # empty: each encoder's default kind; ("all",): every kind
     methods: tuple[str, ...] = METHODS
@@ -48,8 +49,9 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if not self.ckpts:
             raise MinrError("give at least one --ckpt")
-        if self.names and len(self.names) != len(self.ckpts):
-            raise MinrError(f"{len(self.names)} names for {len(self.ckpts)} checkpoints")
+        for what in ("names", "groups"):
+            if getattr(self, what) and len(getattr(self, what)) != len(self.ckpts):
+                raise MinrError(f"{len(getattr(self, what))} {what} for {len(self.ckpts)} checkpoints")
         if self.select_on not in ("val", "test"):
             raise MinrError(f"--select-on must be val or test, got {self.select_on!r}")
         for name in ("seeds", "epochs", "knn_k"):
@@ -271,19 +273,16 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
             predictions.update({f"{f.name}|{k}": v for k, v in preds.items()})
             entries.append(_entry(f, scores))
         labels = feats[0].splits["test"].labels.numpy()
-        paired = [
-            p
-            for method, key in (("linear", "linear/seed0"), ("knn", "knn"))
-            for p in minr_vs_mae(
-                [
-                    (f.name, f.ref.family, predictions[f"{f.name}|{key}"] == labels)
-                    for f in feats
-                    if f"{f.name}|{key}" in predictions
-                ],
+        group = dict(zip(cfg.ckpts, cfg.groups, strict=False))
+        paired = []
+        for method, key in (("linear", "linear/seed0"), ("knn", "knn")):
+            have = [f for f in feats if f"{f.name}|{key}" in predictions]
+            paired += minr_vs_mae(
+                [(f.name, f.ref.family, predictions[f"{f.name}|{key}"] == labels) for f in have],
                 method=method,
                 metric="accuracy",
+                groups=[group.get(f.ref.path) for f in have],
             )
-        ]
         order = {f.name: i for i, f in enumerate(feats)}
         paired.sort(key=lambda p: (order[p.a], order[p.b]))  # entry order, linear before k-NN
         results = ProbeResults(

@@ -85,6 +85,7 @@ def _strip(x):
     if isinstance(x, dict):
         drop = (
             "seconds",
+            "continued",
             "runtime_s",
             "images_per_s",
             "train_images_per_s",
@@ -92,6 +93,7 @@ def _strip(x):
             "cached",
             "peak_memory_mb",
             "images_seen_this_session",
+            "train_seconds",
             "git_sha",
             "hardware",
             "stages",
@@ -136,6 +138,11 @@ def test_bench_end_to_end_skips_reruns_and_resumes(tmp_path, fashion_small):
     assert (
         page.tables >= 6 and len(page.images) >= 5 and all(s.startswith("data:image/png;base64,") for s in page.images)
     )
+    curve = json.loads((out / "probe" / "curve" / "results.json").read_text())
+    assert {(p["a"].split(":")[0], p["b"].split(":")[0]) for p in curve["paired"]} == {
+        ("ginr_tiny@0", "mae_tiny@0"),
+        ("ginr_tiny@4", "mae_tiny@4"),
+    }  # the learning curve pairs MINR with MAE at the same step only
     md = (out / "report.md").read_text()
     assert "## Verdict (computed from the numbers above)" in md and "learning_curves.png" in md
     # everything again: every stage is skipped and the results stay the same
@@ -172,4 +179,6 @@ def test_bench_end_to_end_skips_reruns_and_resumes(tmp_path, fashion_small):
     assert not (killed / "report.md").exists()
     r = CliRunner().invoke(main, ["bench", "--preset", "quick", "--out", str(killed), *tiny(str(fashion_small))])
     assert r.exit_code == 0, r.output
+    assert "probe: " in r.output and "continuing" in r.output
+    assert json.loads((killed / "results.json").read_text())["stages"]["probe"]["continued"] is True
     assert _same(killed / "results.json", killed) == first

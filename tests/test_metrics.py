@@ -58,5 +58,24 @@ def test_paired_statistics_for_continuous_values():
     assert mean == 2.0 and 1.0 <= lo <= mean <= hi <= 3.0
     rows = minr_vs_mae([("g", "minr", a), ("t", "minr", a), ("m", "mae", b)], method="m", metric="psnr")
     assert [(r.a, r.b) for r in rows] == [("g", "m"), ("t", "m")]
+    steps = [("g@0", "minr", a), ("g@9", "minr", a), ("m@0", "mae", b), ("m@9", "mae", b)]
+    rows = minr_vs_mae(steps, method="m", metric="psnr", groups=[0, 9, 0, 9])
+    assert [(r.a, r.b) for r in rows] == [("g@0", "m@0"), ("g@9", "m@9")]  # only within a group
     with pytest.raises(ValueError, match="same items"):
         compare("a", a, "b", b[:10], method="m", metric="psnr")
+
+
+def test_tables_on_an_80_column_terminal_fold_names_instead_of_cutting_them():
+    from rich.console import Console
+
+    from minr.report import rich_table
+
+    names = ["ginr_tiny-layer3/checkpoint-step000253", "transinr_tiny", "mae_tiny-digits"]
+    headers = ["model", "full PSNR", "pasted PSNR", "masked PSNR", "linear acc", "k-NN acc", "fine-tune acc"]
+    table = rich_table(headers, [[n, "15.14", "16.18", "14.96", "83.37", "80.12", "85.00"] for n in names])
+    console = Console(width=80, record=True, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    joined = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert all(n in joined for n in names) and text.count("85.00") == 3  # the last column is there too

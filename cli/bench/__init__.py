@@ -16,7 +16,9 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 
 @main.command("bench")
-@click.option("--preset", default="quick", show_default=True, help="quick (~15 min on 2 CPU cores), cpu-full, paper.")
+@click.option(
+    "--preset", default="quick", show_default=True, help="quick (~8 min on 2 CPU cores), cpu-full (~1.5 h), paper."
+)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Where every stage writes.")
 @click.option("--models", default=None, help="Comma-separated models (default: the preset's).")
 @click.option(

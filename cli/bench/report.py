@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from cli.bench.verdict import best_probe_entries, curve_points, headline_recon, significant, verdict
 from minr.io import atomic_write_bytes, atomic_write_text, git_sha, read_json, write_json
 from minr.report import markdown_table, pct, print_table
 from minr.runtime import hardware
@@ -29,6 +30,12 @@ HEADLINE = [
     "mIoU full",
 ]
 
+HEADLINE_NOTE = (
+    "PSNR (dB): the test split of the pretraining dataset at 75% random masking (the reconstruct stage; pretraining's "
+    "validation when that stage did not run). Linear and k-NN: each encoder's best feature kind. Fine-tuning: "
+    "test accuracy. mIoU: mmseg's mIoU on the validation scenes, token backbone (paired tests use per-image IoU)."
+)
+
 
 def _load(path: Path) -> dict[str, Any] | None:
     return read_json(path, "a result") if path.is_file() else None
@@ -40,7 +47,7 @@ def gather(bench) -> dict[str, Any]:
     res: dict[str, Any] = {"config": read_json(out / "bench.json", "a bench record")["config"], "stages": {}}
     for stage in ("pretrain", "reconstruct", "probe", "finetune", "segment"):
         rec = _load(out / stage / "stage.json")
-        res["stages"][stage] = rec and {"seconds": rec["seconds"]}
+        res["stages"][stage] = rec and {"seconds": rec["seconds"], "continued": rec.get("continued", False)}
     res["pretrain"] = {m: _load(bench.run_dir(m) / "summary.json") for m in bench.cfg.models}
     res["checkpoints"] = {m: _sha(c) for m, c in zip(bench.cfg.models, bench.final(), strict=True)}
     res["reconstruct"] = _load(out / "reconstruct" / "results.json")
@@ -83,7 +90,7 @@ def headline_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
                 m,
                 f"{_params(m):,}",
                 f"{s.get('train_images_per_s') or 0:,.0f}",
-                *(f"{s[k]:.2f}" if k in s else "" for k in ("psnr_full", "psnr_pasted", "psnr_masked")),
+                *(f"{v:.2f}" if v is not None else "" for v in _psnr(res, m, s)),
                 pct(best["linear"]),
                 pct(best["knn"]),
                 pct(ft and ft["mean"]),
@@ -111,7 +118,23 @@ def headline_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
     return rows
 
 
-def paired_rows(res: dict[str, Any]) -> list[list[str]]:
+def _psnr(res: dict[str, Any], model: str, summary: dict[str, Any]) -> list[float | None]:
+    """Full, pasted and masked PSNR: the reconstruct stage's test split at 75% random masking on the pretraining
+    dataset, or pretraining's own validation when that stage did not run."""
+    recon = res["reconstruct"]
+    entry = next((e for e in (recon or {}).get("entries", []) if e["name"] == model), None)
+    if entry is None:
+        return [summary.get(f"psnr_{p}") for p in ("full", "pasted", "masked")]
+    ds = recon["config"]["datasets"][0]
+    cells = {
+        c["protocol"]: c["mean"]
+        for c in entry["cells"]
+        if (c["dataset"], c["kind"], c["ratio"]) == (ds, "random", 0.75)
+    }
+    return [cells.get(p) for p in ("full", "pasted", "masked")]
+
+
+def paired_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
     """Every paired MINR - MAE comparison at the headline conditions, with its interval and p-value."""
     rows = []
 
@@ -124,16 +147,12 @@ def paired_rows(res: dict[str, Any]) -> list[list[str]]:
                 f"{scale * p['diff']:+.2f} {unit}",
                 f"[{scale * p['ci_low']:+.2f}, {scale * p['ci_high']:+.2f}]",
                 f"{p['p']:.2g} ({p['test']})",
-                "yes" if _significant(p) else "no",
+                "yes" if significant(p) else "no",
             ]
         )
 
-    recon = res["reconstruct"]
-    if recon:
-        ds = recon["config"]["datasets"][0]
-        for c in recon["paired"]:
-            if (c["dataset"], c["kind"], c["ratio"]) == (ds, "random", 0.75):
-                add(f"reconstruction {c['protocol']} ({ds})", c["comparison"], "dB", 1)
+    for c in headline_recon(res, models):
+        add(f"reconstruction {c['protocol']} ({c['dataset']})", c["comparison"], "dB", 1)
     best = best_probe_entries(res["probe"])
     for p in (res["probe"] or {}).get("paired", []):
         if p["a"] in best and p["b"] in best:  # each encoder's best feature; every pair is in probe/main
@@ -145,94 +164,6 @@ def paired_rows(res: dict[str, Any]) -> list[list[str]]:
             if p["a"].endswith(":tokens"):
                 add(f"segmentation {regime} (per-image IoU)", p, "pts", 100)
     return rows
-
-
-def best_probe_entries(probe: dict[str, Any] | None) -> set[str]:
-    """The entry name of each encoder's best feature kind by linear accuracy."""
-    best: dict[str, dict[str, Any]] = {}
-    for e in (probe or {}).get("entries", []):
-        if e.get("linear") and (e["model"] not in best or e["linear"]["mean"] > best[e["model"]]["linear"]["mean"]):
-            best[e["model"]] = e
-    return {e["name"] for e in best.values()}
-
-
-def _significant(p: dict[str, Any]) -> bool:
-    return p["p"] is not None and p["p"] < 0.05 and (p["ci_low"] > 0 or p["ci_high"] < 0)
-
-
-def verdict(res: dict[str, Any]) -> list[str]:
-    """Sentences computed from the numbers: which differences are significant, whether any encoder beats pixels."""
-    out = []
-    recon = res["reconstruct"]
-    if recon:
-        ds = recon["config"]["datasets"][0]
-        for c in recon["paired"]:
-            if (c["dataset"], c["kind"], c["ratio"]) == (ds, "random", 0.75):
-                p = c["comparison"]
-                word = ("better" if p["diff"] > 0 else "worse") if _significant(p) else "not significantly different"
-                out.append(
-                    f"Reconstruction ({ds}, 75% random, {c['protocol']} PSNR): {p['a']} is {word} than {p['b']} "
-                    f"({p['diff']:+.2f} dB [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}])."
-                )
-        robust = [v for v in recon["verdicts"] if v["protocol"] in ("pasted", "masked") and v["dataset"] == ds]
-        less = [v for v in robust if _significant(v["comparison"]) and v["comparison"]["diff"] < 0]
-        more = [v for v in robust if _significant(v["comparison"]) and v["comparison"]["diff"] > 0]
-        if robust:
-            out.append(
-                f"Robustness ({ds}, pasted and masked PSNR): of {len(robust)} paired drop comparisons, MINR drops "
-                f"significantly less in {len(less)}, significantly more in {len(more)}, alike in the rest."
-            )
-    probe = res["probe"]
-    if probe:
-        pixels = next((e for e in probe["entries"] if e["family"] == "pixels"), None)
-        encoders = [e for e in probe["entries"] if e["family"] != "pixels" and e.get("linear")]
-        if pixels and pixels.get("linear") and encoders:
-            best = max(encoders, key=lambda e: e["linear"]["mean"])
-            gap = best["linear"]["mean"] - pixels["linear"]["mean"]
-            beats = "beats" if gap > 0 else "does not beat"
-            out.append(
-                f"Frozen features: the best encoder feature ({best['name']}, {pct(best['linear']['mean'])}% linear) "
-                f"{beats} the raw-pixel floor ({pct(pixels['linear']['mean'])}%) by {100 * gap:+.2f} points."
-            )
-        sig = [p for p in probe["paired"] if _significant(p)]
-        named = ", ".join(f"{p['a']} vs {p['b']} {p['method']} {100 * p['diff']:+.2f} pts" for p in sig[:4])
-        total = len(probe["paired"])
-        out.append(
-            f"Probes: {len(sig)} of {total} paired MINR - MAE comparisons are significant"
-            + (f" ({named})." if sig else ".")
-        )
-    for name, r in (("Fine-tuning", res["finetune"]), *((f"Segmentation ({k})", v) for k, v in res["segment"].items())):
-        if r and r["paired"]:
-            sig = [p for p in r["paired"] if _significant(p)]
-            out.append(f"{name}: {len(sig)} of {len(r['paired'])} paired MINR - MAE differences are significant.")
-    curve = res["probe_curve"]
-    if curve:
-        out += curve_sentences(curve)
-    return out
-
-
-def curve_points(curve: dict[str, Any]) -> dict[str, list[tuple[int, float, float]]]:
-    """model -> [(step, linear accuracy, k-NN accuracy)] from the learning-curve probe (names model@step:kind)."""
-    points: dict[str, list[tuple[int, float, float]]] = {}
-    for e in curve["entries"]:
-        if "@" not in e["name"]:
-            continue
-        model, rest = e["name"].split("@", 1)
-        points.setdefault(model, []).append((int(rest.split(":")[0]), e["linear"]["mean"], e["knn"]["mean"]))
-    return {m: sorted(v) for m, v in points.items()}
-
-
-def curve_sentences(curve: dict[str, Any]) -> list[str]:
-    pixels = next((e for e in curve["entries"] if e["family"] == "pixels"), None)
-    out = []
-    for model, pts in curve_points(curve).items():
-        first, last = pts[0], pts[-1]
-        above = pixels and last[1] > pixels["linear"]["mean"]
-        out.append(
-            f"Learning curve, {model}: linear {pct(first[1])}% at step {first[0]} (random init) -> "
-            f"{pct(last[1])}% at step {last[0]}; {'above' if above else 'below'} the pixel floor at the end."
-        )
-    return out
 
 
 def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:
@@ -250,9 +181,10 @@ def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:
         for model, pts in curve_points(curve).items():
             line = ax.plot([s * batch for s, *_ in pts], [p[1 + i] for p in pts], marker="o", label=model)
             ax.scatter([0], [pts[0][1 + i]], marker="x", s=60, color=line[0].get_color())
+        ax.scatter([], [], marker="x", color="black", label="randomly initialised encoder")
         if pixels:
             ax.axhline(pixels[method]["mean"], color="grey", linestyle="--", label="raw pixels (floor)")
-        ax.set_xlabel("images seen in pretraining (x at 0: the randomly initialised encoder)")
+        ax.set_xlabel("images seen in pretraining")
         ax.set_ylabel(f"{'linear probe' if method == 'linear' else 'k-NN'} test accuracy")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -329,9 +261,17 @@ def write_report(bench) -> None:
     out, cfg = bench.out, bench.cfg
     res = gather(bench)
     plot_curves(res, cfg.pretrain.batch_size or 1, out / "learning_curves.png")
-    head, paired, says = headline_rows(res, list(cfg.models)), paired_rows(res), verdict(res)
+    head, paired, says = (
+        headline_rows(res, list(cfg.models)),
+        paired_rows(res, list(cfg.models)),
+        verdict(res, list(cfg.models)),
+    )
     per_stage, figures = sections(res, bench), _figures(out)
-    timing = ", ".join(f"{s} {v['seconds'] / 60:.1f} min" for s, v in res["stages"].items() if v)
+    timing = ", ".join(
+        f"{s} {v['seconds'] / 60:.1f} min" + (" (continued: this session's part)" if v["continued"] else "")
+        for s, v in res["stages"].items()
+        if v
+    )
     md = [
         f"# minr bench: {cfg.name}\n",
         f"{cfg.description}\n",
@@ -339,6 +279,7 @@ def write_report(bench) -> None:
         f"{res['hardware']['cpu']} ({res['hardware']['cpu_count']} cores); torch {res['hardware']['torch']}.\n",
         "## Headline\n",
         markdown_table(HEADLINE, head),
+        f"{HEADLINE_NOTE}\n",
         "## Paired MINR - MAE\n",
         markdown_table(["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"], paired),
         "## Verdict (computed from the numbers above)\n",
@@ -375,7 +316,7 @@ def to_html(cfg, res, head, paired, says, per_stage, figures, timing) -> str:
         f"{html.escape(str(res['hardware']['cpu']))}.</p>",
         "<section id='headline'><h2>Headline</h2>",
         _html_table(HEADLINE, head),
-        "</section>",
+        f"<p>{html.escape(HEADLINE_NOTE)}</p></section>",
         "<section id='paired'><h2>Paired MINR - MAE</h2>",
         _html_table(["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"], paired),
         "</section>",

@@ -183,6 +183,7 @@ class Bench:
             ProbeConfig(
                 ckpts=tuple(k for *_, k in curve),
                 names=tuple(f"{m}@{s}" for m, s, _ in curve),
+                groups=tuple(str(s) for _, s, _ in curve),  # MINR against MAE at the same step only
                 data=DataConfig(name=p.dataset, root=root, max_images=p.curve_max_images),
                 seeds=1,
                 epochs=p.epochs,
@@ -271,9 +272,8 @@ def run_bench(
         for i, stage in enumerate(stages, 1):
             key = _digest(bench.inputs(stage))
             elapsed = time.perf_counter() - t_start
-            left = sum(cfg.expected_s.get(s, 0) for s in stages[i - 1 :]) * (
-                done_actual / done_expected if done_expected else 1
-            )
+            to_run = [s for s in stages[i - 1 :] if not (out / s / "stage.json").is_file()]  # done ones are skipped
+            left = sum(cfg.expected_s.get(s, 0) for s in to_run) * (done_actual / done_expected if done_expected else 1)
             eta = f", about {_fmt(left)} left" if left else ""
             head = f"stage {i}/{len(stages)} {stage}: {DOES[stage]} (elapsed {_fmt(elapsed)}{eta})"
             if bench.stage_key(stage) == key:
@@ -283,16 +283,16 @@ def run_bench(
             started = folder / "stage-inputs.json"
             if folder.exists() and (not started.is_file() or read_json(started, "a bench stage record")["key"] != key):
                 shutil.rmtree(folder)  # its inputs changed: its old results would mislead
-            say(head)
+            continued = started.is_file()  # a stopped run of this stage, continued: part of its work is done
+            say(head + (" - continuing" if continued else ""))
             write_json(started, {"key": key})
             t0 = time.perf_counter()
             bench.run_stage(stage)
             seconds = time.perf_counter() - t0
-            done_actual += seconds
-            done_expected += cfg.expected_s.get(stage, seconds)
-            write_json(
-                folder / "stage.json",
-                {"key": _digest(bench.inputs(stage)) if stage == "report" else key, "seconds": seconds},
-            )
-            say(f"  {stage} done in {_fmt(seconds)}")
+            if not continued:  # only whole stages tell how fast this machine runs the preset
+                done_actual += seconds
+                done_expected += cfg.expected_s.get(stage, seconds)
+            record = {"key": _digest(bench.inputs(stage)) if stage == "report" else key, "seconds": seconds}
+            write_json(folder / "stage.json", {**record, "continued": continued})
+            say(f"  {stage} done in {_fmt(seconds)}" + (" (this session's part)" if continued else ""))
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import textwrap
 from pathlib import Path
 
 import torch
@@ -71,6 +72,11 @@ def render_rows(model, images: torch.Tensor, mask: torch.Tensor, patch: int, sca
     return out.clamp(0, 1), rendered
 
 
+def _wrap(title: str, width: int = 16) -> str:
+    """A column title on lines of at most `width` characters, broken after a run directory's name."""
+    return "\n".join(textwrap.wrap(title.replace("/", "/ "), width, break_on_hyphens=False)).replace("/ ", "/")
+
+
 @torch.inference_mode()
 def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
     """One PNG per dataset: rows of images; columns input, masked input, each checkpoint's output, ground truth."""
@@ -125,7 +131,7 @@ def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0:
-                    ax.set_title(title, fontsize=7)
+                    ax.set_title(_wrap(title), fontsize=7)
         fig.suptitle(f"{dataset} ({cfg.split}), {ratio:.0%} {kind} masking", fontsize=9)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
