@@ -27,6 +27,11 @@ def test_presets_validate_and_overrides_apply():
     assert full.pretrain.steps == 843 and full.probe.max_images == 10000 and full.segment.frozen.max_steps == 1500
     assert [e.name for e in full.pretrain.extra][:2] == ["ginr_tiny-digits", "mae_tiny-digits"]
     assert {e.set.get("model_args.modulated_layer") for e in full.pretrain.extra[2:]} == {1, 3, 4}
+    assert load_preset("cpu-full", {"pretrain.extra": []}).pretrain.extra == ()  # --set replaces the extra runs
+    one = load_preset("cpu-full", {"pretrain.extra": [{"name": "g-digits", "model": "ginr_tiny", "dataset": "digits"}]})
+    assert [(e.name, e.dataset) for e in one.pretrain.extra] == [("g-digits", "digits")]
+    with pytest.raises(MinrError, match="pretrain.extra must be a list"):
+        load_preset("cpu-full", {"pretrain.extra": "none"})
     cfg = load_preset("quick", {"pretrain.steps": 10, "probe.seeds": 2}, models=("ginr_tiny",), stages=("pretrain",))
     assert (cfg.pretrain.steps, cfg.probe.seeds, cfg.models, cfg.stages) == (10, 2, ("ginr_tiny",), ("pretrain",))
     with pytest.raises(MinrError, match="needs --set pretrain.dataset"):

@@ -137,9 +137,11 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None, **fields: An
         raise MinrError(f"unknown preset {name!r}; choose {', '.join(preset_names())}")
     data = yaml.safe_load(resources.files("cli.bench.presets").joinpath(f"{name}.yaml").read_text())
     data.update({k: list(v) for k, v in fields.items() if v})
-    extra = data.get("pretrain", {}).get("extra", [])
+    overrides = dict(overrides or {})
+    extra = overrides.pop("pretrain.extra", data.get("pretrain", {}).get("extra", []))  # --set replaces the list
+    _check(isinstance(extra, list), f"pretrain.extra must be a list of runs (for example []), got {extra!r}")
     cfg = from_dict(BenchConfig, {**data, "pretrain": {**data.get("pretrain", {}), "extra": []}})
-    cfg = apply_overrides(cfg, overrides or {})
+    cfg = apply_overrides(cfg, overrides)
     runs = tuple(from_dict(ExtraRun, e, "pretrain.extra.") for e in extra)
     from dataclasses import replace
 

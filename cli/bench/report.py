@@ -257,6 +257,16 @@ def _figures(out: Path) -> list[tuple[str, Path]]:
     return found
 
 
+def budget(cfg) -> str:
+    """The resolved pretraining budget, which `--set` may have changed from the preset's description."""
+    p = cfg.pretrain
+    extra = f"; extra runs: {', '.join(e.name for e in p.extra)}" if p.extra else ""
+    return (
+        f"This run: {', '.join(cfg.models)} pretrained on {p.dataset} for {p.steps} steps of batch {p.batch_size} "
+        f"({p.steps * p.batch_size:,} images), seed {p.seed}{extra}."
+    )
+
+
 def write_report(bench) -> None:
     out, cfg = bench.out, bench.cfg
     res = gather(bench)
@@ -275,6 +285,7 @@ def write_report(bench) -> None:
     md = [
         f"# minr bench: {cfg.name}\n",
         f"{cfg.description}\n",
+        f"{budget(cfg)}\n",
         f"Stages: {timing}. Code: {res['git_sha']}; "
         f"{res['hardware']['cpu']} ({res['hardware']['cpu_count']} cores); torch {res['hardware']['torch']}.\n",
         "## Headline\n",
@@ -312,7 +323,8 @@ def to_html(cfg, res, head, paired, says, per_stage, figures, timing) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>minr bench {html.escape(cfg.name)}</title>"
         f"<style>{style}</style></head><body>",
         f"<h1>minr bench: {html.escape(cfg.name)}</h1>",
-        f"<p>{html.escape(cfg.description)}</p><p>Stages: {html.escape(timing)}. Code {html.escape(res['git_sha'])}; "
+        f"<p>{html.escape(cfg.description)}</p><p>{html.escape(budget(cfg))}</p>",
+        f"<p>Stages: {html.escape(timing)}. Code {html.escape(res['git_sha'])}; "
         f"{html.escape(str(res['hardware']['cpu']))}.</p>",
         "<section id='headline'><h2>Headline</h2>",
         _html_table(HEADLINE, head),
