@@ -24,7 +24,7 @@ from minr.io import read_json, write_json
 from minr.metrics import PROTOCOLS
 from minr.recon.evaluate import ReconConfig, run_conditions
 from minr.report import markdown_table
-from minr.speed import _model, flops_per_image, matmul_ceiling, timed, train_step_fn
+from minr.speed import flops_per_image, matmul_ceiling, preset_model, timed, train_step_fn
 from minr.stats import bootstrap_mean, compare
 from minr.train import pretrain
 
@@ -67,16 +67,10 @@ def paper_steps(batch: int = 4) -> list[dict]:
     ceiling = matmul_ceiling(device)
     for name in ("transinr_paper", "ginr_paper"):
         for option, args in (("exact", {}), ("both", {"drop_masked_tokens": True})):
-            model, patch = _model(name, device)
-            if args:
-                torch.manual_seed(0)
-                from minr.models import create_model
-
-                model = create_model(name, **args)
+            model, patch = preset_model(name, device, **args)
             model.train()
-            step = train_step_fn(
-                model, patch, batch, device, autocast=False, render_fraction=0.25 if option == "both" else 1.0
-            )
+            fraction = 0.25 if option == "both" else 1.0
+            step = train_step_fn(model, patch, batch, device, autocast=False, render_fraction=fraction)
             seconds = timed(step, device, 2)
             rows.append(
                 {
@@ -85,10 +79,7 @@ def paper_steps(batch: int = 4) -> list[dict]:
                     "batch": batch,
                     "step_s": seconds,
                     "images_per_s": batch / seconds,
-                    "gflop_per_image": flops_per_image(
-                        model, patch, device, render_fraction=0.25 if option == "both" else 1.0
-                    )
-                    / 1e9,
+                    "gflop_per_image": flops_per_image(model, patch, device, render_fraction=fraction) / 1e9,
                     "ceiling_gflops": ceiling,
                 }
             )

@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from minr.build import default_config
-from minr.models import create_model
-from minr.speed import PeakMemory, _batch, flops_per_image, matmul_ceiling, timed, train_step_fn
+from minr.speed import PeakMemory, flops_per_image, matmul_ceiling, preset_model, random_batch, timed, train_step_fn
 
 PAPER = ("transinr_paper", "ginr_paper", "mae_base_paper")
 TINY = ("transinr_tiny", "ginr_tiny", "mae_tiny")
@@ -23,10 +22,9 @@ TINY = ("transinr_tiny", "ginr_tiny", "mae_tiny")
 def precision_check(name: str, device: torch.device) -> dict[str, float]:
     """Loss and gradients of one batch in bf16 autocast against fp32: relative loss difference, and the cosine
     similarity and relative norm difference of the full gradient vector."""
-    torch.manual_seed(0)
-    model = create_model(name).to(device).train()
-    patch = default_config(name).mask.patch
-    x, mask, patch = _batch(model, 2, device, patch)
+    model, patch = preset_model(name, device)
+    model.train()
+    x, mask, patch = random_batch(model, 2, device, patch)
     results = {}
     for tag, ctx in (
         ("fp32", torch.autocast(device.type, enabled=False)),
@@ -52,9 +50,8 @@ def precision_check(name: str, device: torch.device) -> dict[str, float]:
 def throughput(
     name: str, device: torch.device, batch: int, steps: int, ceiling: float, nominal: float
 ) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = create_model(name).to(device).train()
-    patch = default_config(name).mask.patch
+    model, patch = preset_model(name, device)
+    model.train()
     flops = flops_per_image(model, patch, device)
     with PeakMemory(device) as mem:
         step_s = timed(train_step_fn(model, patch, batch, device, autocast=True), device, steps)

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minr.build import default_config
 from minr.config import MaskConfig
+from minr.loop import apply_gradients
 from minr.masking import make_masks
 from minr.models import create_model
 
@@ -132,7 +133,7 @@ def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def _batch(model, batch: int, device: torch.device, patch: int):
+def random_batch(model, batch: int, device: torch.device, patch: int):
     size, chans = model.image_size, model.in_chans
     x = torch.rand(batch, chans, size, size, device=device)
     mask = make_masks(range(batch), MaskConfig(ratio=0.75, patch=patch), size, seed=0, salt="speed").to(device)
@@ -153,7 +154,7 @@ def train_step_fn(
 ) -> Callable[[], None]:
     """One Adam step of the model's pretraining loss on random images with 75% random masks."""
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    x, mask, patch = _batch(model, batch, device, patch)
+    x, mask, patch = random_batch(model, batch, device, patch)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     extra = _pixels(model, device, render_fraction)
 
@@ -161,15 +162,14 @@ def train_step_fn(
         with ctx:
             loss = model(x, mask, patch, **extra).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        apply_gradients(model, opt, loss)
 
     return step
 
 
 def flops_per_image(model, patch: int, device: torch.device, render_fraction: float = 1.0) -> float:
     """Counted FLOPs of one training forward + backward at batch 2, per image."""
-    x, mask, patch = _batch(model, 2, device, patch)
+    x, mask, patch = random_batch(model, 2, device, patch)
     counter = FlopCounterMode(display=False)
     with counter:
         model(x, mask, patch, **_pixels(model, device, render_fraction)).loss.backward()
@@ -190,10 +190,10 @@ def timed(fn: Callable[[], None], device: torch.device, steps: int) -> float:
     return statistics.median(times)
 
 
-def _model(name: str, device: torch.device):
-    """A preset's model (seed 0) and the mask patch of its recipe."""
+def preset_model(name: str, device: torch.device, **model_args: Any):
+    """A preset's model (seed 0, `model_args` overriding its own) and the mask patch of its recipe."""
     torch.manual_seed(0)
-    return create_model(name).to(device), default_config(name).mask.patch
+    return create_model(name, **model_args).to(device), default_config(name).mask.patch
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def measure_training(
     autocast: bool = False,
 ) -> list[TrainSpeed]:
     """Step speed at each batch size, skipping sizes whose estimated step exceeds `budget_s`."""
-    model, patch = _model(name, device)
+    model, patch = preset_model(name, device)
     model.train()
     flops = flops_per_image(model, patch, device)
     out, per_image = [], None
@@ -228,9 +228,9 @@ def measure_training(
 @torch.inference_mode()
 def measure_render(name: str, scales: tuple[int, ...], device: torch.device) -> list[RenderSpeed]:
     """Time and peak memory of rendering one image's INR at several multiples of its resolution."""
-    model, patch = _model(name, device)
+    model, patch = preset_model(name, device)
     model.eval()
-    x, mask, patch = _batch(model, 1, device, patch)
+    x, mask, patch = random_batch(model, 1, device, patch)
     out = []
     for s in scales:
         size = model.image_size * s
@@ -243,29 +243,12 @@ def measure_render(name: str, scales: tuple[int, ...], device: torch.device) -> 
 @torch.inference_mode()
 def measure_extract(name: str, device: torch.device, batch: int = 256, steps: int = 2) -> dict[str, Any]:
     """Feature extraction (every feature kind from one pass) images/s."""
-    model, patch = _model(name, device)
+    model, patch = preset_model(name, device)
     model.eval()
-    x, _, _ = _batch(model, batch, device, patch)
+    x, _, _ = random_batch(model, batch, device, patch)
     kinds = model.kind_names()
     seconds = timed(lambda: model.features(x, kinds), device, steps)
     return {"model": name, "batch": batch, "images_per_s": batch / seconds}
-
-
-def measure_probes(n_train: int, n_test: int, dim: int = 256) -> dict[str, float]:
-    """Linear probe (one seed, its hyper-parameter grid) on n_train cached features; k-NN of n_test x n_train."""
-    from probes.knn import knn_predict
-    from probes.linear import linear_probe
-
-    g = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 10, (n_train + n_test,), generator=g)
-    x = torch.randn(n_train + n_test, dim, generator=g) + torch.nn.functional.one_hot(y, dim).float()
-    split = (x[:n_train], y[:n_train])
-    t0 = time.perf_counter()
-    linear_probe(split, (x[n_train:], y[n_train:]), (x[n_train:], y[n_train:]), 10, epochs=20)
-    t1 = time.perf_counter()
-    knn_predict(x[:n_train], y[:n_train], x[n_train:], num_classes=10)
-    t2 = time.perf_counter()
-    return {"train_features": n_train, "test_features": n_test, "dim": dim, "linear_probe_s": t1 - t0, "knn_s": t2 - t1}
 
 
 def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | None = None) -> SpeedReport:
@@ -289,7 +272,6 @@ def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | No
         report.extract.append(measure_extract(name, device, batch=8 if quick or paper else 256))
         if not name.startswith("mae"):
             report.render += measure_render(name, (1, 2) if quick else (1, 2, 4, 8), device)
-    report.probes = measure_probes(6000, 1000) if quick else measure_probes(60000, 10000)
     return report
 
 

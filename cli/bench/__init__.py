@@ -58,6 +58,7 @@ def bench_speed_cmd(out, quick, models, device, readme) -> None:
     """Training, extraction, rendering and probe speed against the machine's matmul ceiling (JSON + Markdown)."""
     from minr.runtime import resolve_device
     from minr.speed import markdown, run_speed, update_readme, write_report
+    from probes.timing import measure_probes
 
     names = _names(models)
     from minr.models import list_models
@@ -66,6 +67,7 @@ def bench_speed_cmd(out, quick, models, device, readme) -> None:
     if unknown:
         raise MinrError(f"unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
     report = run_speed(quick=quick, device=resolve_device(device), models=names or None)
+    report.probes = measure_probes(6000, 1000) if quick else measure_probes(60000, 10000)
     write_report(report, Path(out))
     if readme:
         update_readme(Path(readme), markdown(report))

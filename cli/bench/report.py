@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from cli.bench.verdict import best_probe_entries, curve_points, headline_recon, significant, verdict
+from cli.bench.verdict import at_headline, curve_points, headline_pairs, significant, verdict
 from minr.io import atomic_write_bytes, atomic_write_text, git_sha, read_json, write_json
 from minr.report import markdown_table, pct, print_table
 from minr.runtime import hardware
@@ -125,45 +125,24 @@ def _psnr(res: dict[str, Any], model: str, summary: dict[str, Any]) -> list[floa
     entry = next((e for e in (recon or {}).get("entries", []) if e["name"] == model), None)
     if entry is None:
         return [summary.get(f"psnr_{p}") for p in ("full", "pasted", "masked")]
-    ds = recon["config"]["datasets"][0]
-    cells = {
-        c["protocol"]: c["mean"]
-        for c in entry["cells"]
-        if (c["dataset"], c["kind"], c["ratio"]) == (ds, "random", 0.75)
-    }
+    cells = {c["protocol"]: c["mean"] for c in entry["cells"] if at_headline(recon, c)}
     return [cells.get(p) for p in ("full", "pasted", "masked")]
 
 
 def paired_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
     """Every paired MINR - MAE comparison at the headline conditions, with its interval and p-value."""
-    rows = []
-
-    def add(stage: str, p: dict[str, Any], unit: str, scale: float) -> None:
-        rows.append(
-            [
-                stage,
-                p["a"],
-                p["b"],
-                f"{scale * p['diff']:+.2f} {unit}",
-                f"[{scale * p['ci_low']:+.2f}, {scale * p['ci_high']:+.2f}]",
-                f"{p['p']:.2g} ({p['test']})",
-                "yes" if significant(p) else "no",
-            ]
-        )
-
-    for c in headline_recon(res, models):
-        add(f"reconstruction {c['protocol']} ({c['dataset']})", c["comparison"], "dB", 1)
-    best = best_probe_entries(res["probe"])
-    for p in (res["probe"] or {}).get("paired", []):
-        if p["a"] in best and p["b"] in best:  # each encoder's best feature; every pair is in probe/main
-            add(f"probe {p['method']} (best features)", p, "pts", 100)
-    for p in (res["finetune"] or {}).get("paired", []):
-        add("fine-tuning", p, "pts", 100)
-    for regime, r in res["segment"].items():
-        for p in (r or {}).get("paired", []):
-            if p["a"].endswith(":tokens"):
-                add(f"segmentation {regime} (per-image IoU)", p, "pts", 100)
-    return rows
+    return [
+        [
+            what,
+            p["a"],
+            p["b"],
+            f"{scale * p['diff']:+.2f} {unit}",
+            f"[{scale * p['ci_low']:+.2f}, {scale * p['ci_high']:+.2f}]",
+            f"{p['p']:.2g} ({p['test']})",
+            "yes" if significant(p) else "no",
+        ]
+        for what, p, unit, scale in headline_pairs(res, models)
+    ]
 
 
 def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:

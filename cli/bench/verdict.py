@@ -27,20 +27,35 @@ def best_probe_entries(probe: dict[str, Any] | None) -> set[str]:
     return {e["name"] for e in best.values()}
 
 
-def headline_recon(res: dict[str, Any], models: list[str]) -> list[dict[str, Any]]:
-    """The reconstruction comparisons of the headline: the bench's own models, the pretraining dataset, 75% random."""
+HEADLINE_MASK = ("random", 0.75)  # the mask kind and ratio of every headline reconstruction number
+
+
+def at_headline(recon: dict[str, Any], cell: dict[str, Any]) -> bool:
+    """A reconstruction cell of the headline condition: the pretraining dataset (the first evaluated) at 75% random."""
+    return (cell["dataset"], cell["kind"], cell["ratio"]) == (recon["config"]["datasets"][0], *HEADLINE_MASK)
+
+
+def headline_pairs(res: dict[str, Any], models: list[str]) -> list[tuple[str, dict[str, Any], str, float]]:
+    """Every headline MINR - MAE comparison as (what, comparison, unit, scale): reconstruction of the bench's own
+    models at the headline condition, each encoder's best probe features, fine-tuning, segmentation's token
+    backbones. The paired table and the verdict both read this one list."""
+    pairs = []
     recon = res["reconstruct"]
-    if not recon:
-        return []
-    ds = recon["config"]["datasets"][0]
-    return [
-        c
-        for c in recon["paired"]
-        if (c["dataset"], c["kind"], c["ratio"]) == (ds, "random", 0.75)
-        and c["protocol"] in RECON_PROTOCOLS
-        and c["comparison"]["a"] in models
-        and c["comparison"]["b"] in models
-    ]
+    for c in (recon or {}).get("paired", []):
+        p = c["comparison"]
+        if at_headline(recon, c) and c["protocol"] in RECON_PROTOCOLS and p["a"] in models and p["b"] in models:
+            where = f"{c['dataset']}, {c['ratio']:.0%} {c['kind']}"
+            pairs.append((f"reconstruction {c['protocol']} PSNR ({where})", p, "dB", 1.0))
+    best = best_probe_entries(res["probe"])
+    for p in (res["probe"] or {}).get("paired", []):
+        if p["a"] in best and p["b"] in best:  # each encoder's best feature; every pair is in probe/main
+            pairs.append((f"probe {p['method']} (best features)", p, "pts", 100.0))
+    pairs += [("fine-tuning", p, "pts", 100.0) for p in (res["finetune"] or {}).get("paired", [])]
+    for regime, r in res["segment"].items():
+        for p in (r or {}).get("paired", []):
+            if p["a"].endswith(":tokens"):
+                pairs.append((f"segmentation {regime} (per-image IoU)", p, "pts", 100.0))
+    return pairs
 
 
 def _diff(p: dict[str, Any], unit: str, scale: float) -> str:
@@ -83,12 +98,9 @@ def curve_sentences(curve: dict[str, Any]) -> list[str]:
 
 def verdict(res: dict[str, Any], models: list[str]) -> list[str]:
     """Sentences computed from the numbers: which differences are significant, whether any encoder beats pixels."""
-    out = []
+    pairs = headline_pairs(res, models)
+    out = [f"{what[0].upper()}{what[1:]}: {_compared(p, unit, scale)}." for what, p, unit, scale in pairs]
     recon = res["reconstruct"]
-    for c in headline_recon(res, models):
-        out.append(
-            f"Reconstruction ({c['dataset']}, 75% random, {c['protocol']} PSNR): {_compared(c['comparison'], 'dB', 1)}."
-        )
     if recon:
         ds = recon["config"]["datasets"][0]
         robust = [v for v in recon["verdicts"] if v["protocol"] == "pasted" and v["dataset"] == ds]
@@ -113,20 +125,12 @@ def verdict(res: dict[str, Any], models: list[str]) -> list[str]:
                 f"Frozen features: the best encoder feature ({best['name']}, {pct(best['linear']['mean'])}% linear) "
                 f"is {abs(gap):.2f} points {side} the raw-pixel floor ({pct(pixels['linear']['mean'])}%)."
             )
-        best_names = best_probe_entries(probe)
-        for p in probe["paired"]:
-            if p["a"] in best_names and p["b"] in best_names:
-                out.append(f"Probe ({p['method']}, best features): {_compared(p, 'pts', 100)}.")
         sig = [p for p in probe["paired"] if significant(p)]
         ahead = [p for p in sig if p["diff"] > 0]
         out.append(
             f"Over every pair of feature kinds, {len(sig)} of {len(probe['paired'])} probe comparisons are "
             f"significant, {len(ahead)} of them in MINR's favour."
         )
-    for name, r in (("Fine-tuning", res["finetune"]), *((f"Segmentation ({k})", v) for k, v in res["segment"].items())):
-        for p in (r or {}).get("paired", []):
-            if name == "Fine-tuning" or p["a"].endswith(":tokens"):
-                out.append(f"{name}: {_compared(p, 'pts', 100)}.")
     if res["probe_curve"]:
         out += curve_sentences(res["probe_curve"])
     return out
