@@ -19,14 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cli.bench.speed import flops_per_image, matmul_ceiling, preset_model, timed, train_step_fn
 from minr.build import default_config
 from minr.io import read_json, write_json
 from minr.metrics import PROTOCOLS
-from minr.recon.evaluate import ReconConfig, run_conditions
-from minr.report import markdown_table
-from minr.speed import flops_per_image, matmul_ceiling, preset_model, timed, train_step_fn
-from minr.stats import bootstrap_mean, compare
 from minr.train import pretrain
+from probes.recon.evaluate import ReconConfig, run_conditions
+from probes.stats import bootstrap_mean, compare
+from probes.tables import markdown_table
 
 OPTIONS = {
     "exact": {},

@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 
 from minr.errors import MinrError
-from minr.report import console
+from minr.progress import console
 
 __all__ = ["console", "main"]
 

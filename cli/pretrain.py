@@ -10,7 +10,7 @@ import torch
 
 from cli.app import console, device_option, floats, main, quiet_option
 from minr.config import parse_set, to_yaml
-from minr.report import print_table
+from probes.tables import print_table
 
 
 @main.command("models")
@@ -183,7 +183,7 @@ def reconstruct_cmd(
     if not all_ckpts:
         raise MinrError("give at least one checkpoint (as an argument or with --ckpt)")
     if out is None or out.endswith(".png"):
-        from minr.recon.grid import reconstruction_grid
+        from probes.recon.grid import reconstruction_grid
 
         if len(all_ckpts) > 1:
             raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")
@@ -194,8 +194,8 @@ def reconstruct_cmd(
         console.print(f"wrote {path}")
         return
     from minr.build import encoder_skeleton
-    from minr.recon.evaluate import ReconConfig
-    from minr.recon.report import run_reconstruct
+    from probes.recon.evaluate import ReconConfig
+    from probes.recon.report import run_reconstruct
 
     own = tuple(dict.fromkeys(encoder_skeleton(c)[1]["config"]["data"]["name"] for c in all_ckpts))
     cfg = ReconConfig(
@@ -224,8 +224,8 @@ def reconstruct_cmd(
 def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     """Print the validation PSNR (three protocols), speed and memory of pretraining runs side by side."""
     from minr.io import atomic_write_text
-    from minr.report import markdown_table
     from minr.summary import COLUMNS, format_cell, load_summaries
+    from probes.tables import markdown_table
 
     rows = load_summaries(list(runs))
     headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]

@@ -27,7 +27,7 @@ from minr.io import git_sha, locked_dir
 from minr.loop import LoopPlan, StepResult, fit, open_run, restore
 from minr.optim import layer_decay_groups
 from minr.runtime import hardware, resolve_device
-from minr.stats import minr_vs_mae
+from probes.stats import minr_vs_mae
 
 CKPT = "finetune.safetensors"
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from minr.checkpoint import read_meta, short_name
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
-from minr.report import markdown_table, pct, print_table, signed_pct
-from minr.stats import Paired
+from probes.stats import Paired
+from probes.tables import markdown_table, pct, print_table, signed_pct
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class MaskConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """Optimiser and learning-rate schedule (a pure function of the step, see `minr.train.lr_at`)."""
+    """Optimiser and learning-rate schedule (a pure function of the step, see `minr.loop.lr_factor`)."""
 
     name: str = "adam"
     lr: float = 1e-4

@@ -25,9 +25,7 @@ from minr.errors import MinrError
 from minr.progress import TrainProgress
 from minr.runtime import Dist, autocast, barrier, epoch_batches, mean_over_ranks, seed_step
 
-SCHEDULES = ("constant", "step", "cosine", "poly")
 SINGLE = Dist()  # one process
-NONFINITE = ("stop", "skip")
 
 
 def lr_factor(step: int, total: int, *, schedule: str, warmup_fraction: float = 0.0, decay_at: float = 0.8) -> float:

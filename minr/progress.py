@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from minr.report import console
+console = Console()  # the one console every command prints on
 
 
 def make_progress(enabled: bool = True) -> Progress:

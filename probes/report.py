@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
-from minr.report import markdown_table, pct, print_table, signed_pct
-from minr.stats import Paired
 from probes.run import ProbeEntry, ProbeResults, Score, SweepPoint
+from probes.stats import Paired
+from probes.tables import markdown_table, pct, print_table, signed_pct
 
 ENTRY_HEADERS = ("encoder:feature", "dim", "linear probe acc % (mean ± std)", "k-NN acc %")
 PAIRED_HEADERS = ("MINR", "MAE", "method", "diff (pts)", "95% CI", "McNemar p")

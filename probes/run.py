@@ -17,10 +17,10 @@ from minr.config import DataConfig
 from minr.errors import MinrError
 from minr.io import git_sha, locked_dir
 from minr.runtime import hardware
-from minr.stats import Paired, minr_vs_mae
 from probes import memo
 from probes.extract import ExtractSpec, FeatureSet, default_cache_dir, extract_kinds
 from probes.features import PIXELS, EncoderRef, encoder_ref, known_kinds
+from probes.stats import Paired, minr_vs_mae
 
 METHODS = ("linear", "knn")
 

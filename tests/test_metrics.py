@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minr.metrics import psnr_from_mse, psnr_protocols
-from minr.stats import bootstrap_mean, compare, minr_vs_mae, wilcoxon_p
+from probes.stats import bootstrap_mean, compare, minr_vs_mae, wilcoxon_p
 
 
 def _psnr(mse: float) -> float:
@@ -68,7 +68,7 @@ def test_paired_statistics_for_continuous_values():
 def test_tables_on_an_80_column_terminal_fold_names_instead_of_cutting_them():
     from rich.console import Console
 
-    from minr.report import rich_table
+    from probes.tables import rich_table
 
     names = ["ginr_tiny-layer3/checkpoint-step000253", "transinr_tiny", "mae_tiny-digits"]
     headers = ["model", "full PSNR", "pasted PSNR", "masked PSNR", "linear acc", "k-NN acc", "fine-tune acc"]

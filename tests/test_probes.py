@@ -9,10 +9,10 @@ from cli.main import main
 from minr.config import DataConfig
 from minr.errors import MinrError
 from minr.models import MODEL_CLASSES
-from minr.stats import mcnemar_p, paired_bootstrap
 from probes.extract import ExtractSpec, extract
 from probes.knn import knn_predict
 from probes.linear import linear_probe
+from probes.stats import mcnemar_p, paired_bootstrap
 from tests.conftest import make_checkpoint
 
 DIGITS = DataConfig(name="digits", max_images=60)

@@ -13,9 +13,9 @@ from minr.config import DataConfig
 from minr.data import load_split
 from minr.metrics import psnr_protocols
 from minr.models import create_model
-from minr.recon.evaluate import ReconConfig, adaptation, masks_for
-from minr.recon.floors import inpaint_telea, mean_image, nearest_visible
-from minr.recon.grid import render_rows
+from probes.recon.evaluate import ReconConfig, adaptation, masks_for
+from probes.recon.floors import inpaint_telea, mean_image, nearest_visible
+from probes.recon.grid import render_rows
 from tests.conftest import make_checkpoint
 
 

@@ -87,7 +87,7 @@ def test_speed_benchmark_quick_mode(tmp_path):
 
 def test_gpu_check_runs_its_code_path_on_cpu(tmp_path):
     """benchmarks/gpu_check.sh --device cpu --quick: bf16 autocast against fp32 on the tiny presets."""
-    from minr.gpu_check import main as gpu_check
+    from cli.bench.gpu_check import main as gpu_check
 
     report = gpu_check(["--device", "cpu", "--quick", "--out", str(tmp_path / "g.json")])
     assert set(report["models"]) == {"transinr_tiny", "ginr_tiny", "mae_tiny"}

@@ -56,9 +56,9 @@ def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet) -> None:
 @click.option("--readme", type=click.Path(dir_okay=False), default=None, help="Refresh this README's speed table.")
 def bench_speed_cmd(out, quick, models, device, readme) -> None:
     """Training, extraction, rendering and probe speed against the machine's matmul ceiling (JSON + Markdown)."""
+    from cli.bench.probe_timing import measure_probes
+    from cli.bench.speed import markdown, run_speed, update_readme, write_report
     from minr.runtime import resolve_device
-    from minr.speed import markdown, run_speed, update_readme, write_report
-    from probes.timing import measure_probes
 
     names = _names(models)
     from minr.models import list_models

@@ -13,8 +13,8 @@ from typing import Any
 
 from cli.bench.verdict import at_headline, curve_points, headline_pairs, significant, verdict
 from minr.io import atomic_write_bytes, atomic_write_text, git_sha, read_json, write_json
-from minr.report import markdown_table, pct, print_table
 from minr.runtime import hardware
+from probes.tables import markdown_table, pct, print_table
 
 HEADLINE = [
     "model",
@@ -190,8 +190,8 @@ def sections(res: dict[str, Any], bench) -> list[tuple[str, list[str], list[list
     """(title, headers, rows) of the per-stage tables."""
     out = []
     if res["reconstruct"]:
-        from minr.recon import analysis
-        from minr.recon.evaluate import Cell, ReconConfig, ReconEntry
+        from probes.recon import analysis
+        from probes.recon.evaluate import Cell, ReconConfig, ReconEntry
 
         r = res["reconstruct"]
         cfg = ReconConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})

@@ -24,7 +24,7 @@ from minr.config import DataConfig, to_dict
 from minr.errors import MinrError
 from minr.io import locked_dir, read_json, write_json
 from minr.loop import kept_path
-from minr.report import console
+from minr.progress import console
 
 DOES = {
     "pretrain": "pretrain every model under one budget",
@@ -138,8 +138,8 @@ class Bench:
             for name, cfg in self.pretrain_configs().items():
                 pretrain(cfg, self.run_dir(name), resume=True, progress=progress)
         elif stage == "reconstruct":
-            from minr.recon.evaluate import ReconConfig
-            from minr.recon.report import run_reconstruct
+            from probes.recon.evaluate import ReconConfig
+            from probes.recon.report import run_reconstruct
 
             r = self.cfg.reconstruct
             cfg = ReconConfig(

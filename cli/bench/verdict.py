@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from minr.report import pct
+from probes.tables import pct
 
 RECON_PROTOCOLS = ("full", "pasted")  # masked-only differences equal pasted ones on the same masks
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from minr.metrics import PROTOCOLS
-from minr.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, by_family, comparable, key
-from minr.stats import Paired, bootstrap_mean, compare
+from probes.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, by_family, comparable, key
+from probes.stats import Paired, bootstrap_mean, compare
 
 HEADLINE = ("random", 0.75)  # the paper's condition: 75% random masking
 

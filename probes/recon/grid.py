@@ -85,7 +85,7 @@ def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from minr.recon.evaluate import masks_for
+    from probes.recon.evaluate import masks_for
 
     paths = []
     models = [model_from_checkpoint(c)[:2] for c in cfg.ckpts]

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import torch
 
+from cli.bench.speed import (
+    PeakMemory,
+    flops_per_image,
+    matmul_ceiling,
+    preset_model,
+    random_batch,
+    timed,
+    train_step_fn,
+)
 from minr.build import default_config
-from minr.speed import PeakMemory, flops_per_image, matmul_ceiling, preset_model, random_batch, timed, train_step_fn
 
 PAPER = ("transinr_paper", "ginr_paper", "mae_base_paper")
 TINY = ("transinr_tiny", "ginr_tiny", "mae_tiny")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import json
 import os
 import statistics
 import threading
@@ -276,7 +275,7 @@ def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | No
 
 
 def markdown(report: SpeedReport) -> str:
-    from minr.report import markdown_table
+    from probes.tables import markdown_table
 
     hw = report.hardware
     rows = [
@@ -322,14 +321,6 @@ def markdown(report: SpeedReport) -> str:
     return "\n".join(parts)
 
 
-def load_report(path: Path) -> SpeedReport:
-    """A report written by `write_report`, back as dataclasses (to re-render its Markdown)."""
-    data = json.loads(Path(path).read_text())
-    train = [TrainSpeed(**t) for t in data.pop("train")]
-    render = [RenderSpeed(**r) for r in data.pop("render")]
-    return SpeedReport(**data, train=train, render=render)
-
-
 def write_report(report: SpeedReport, out: Path) -> None:
     from minr.io import atomic_write_text, write_json
 
@@ -348,7 +339,3 @@ def update_readme(readme: Path, table: str, marker: str = "speed") -> None:
         raise MinrError(f"{readme} has no {start} ... {end} section to refresh")
     head, rest = text.split(start, 1)
     atomic_write_text(readme, head + start + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-
-
-def to_json(report: SpeedReport) -> str:
-    return json.dumps(asdict(report), indent=2)

@@ -1,4 +1,4 @@
-"""The one console and the table helpers every command prints and writes with.
+"""The table helpers every evaluation prints and writes with (on the one console of `minr.progress`).
 
 Tables on the terminal wrap long names instead of cutting them; Markdown tables are plain GitHub pipes tables.
 """
@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from minr.progress import console
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -41,7 +40,3 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 def signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}"
-
-
-def num(x: float | None, digits: int = 2) -> str:
-    return "" if x is None else f"{x:,.{digits}f}"

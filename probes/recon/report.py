@@ -18,10 +18,10 @@ import numpy as np
 
 from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, write_json
 from minr.metrics import PROTOCOLS
-from minr.recon import analysis
-from minr.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, entry_names, run_conditions
-from minr.report import markdown_table, print_table
 from minr.runtime import hardware
+from probes.recon import analysis
+from probes.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, entry_names, run_conditions
+from probes.tables import markdown_table, print_table
 
 PROTOCOL_TITLES = {"full": "full image", "pasted": "pasted (visible pixels from the input)", "masked": "masked region"}
 
@@ -179,7 +179,7 @@ def markdown(results: ReconResults, cfg: ReconConfig) -> str:
 
 def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = True) -> ReconResults:
     """Measure, analyse and write everything into `out_dir`."""
-    from minr.recon.grid import titled_grids
+    from probes.recon.grid import titled_grids
 
     names = entry_names(cfg.ckpts)  # every checkpoint is checked (header) before anything is written
     out, t0 = Path(out_dir), time.perf_counter()

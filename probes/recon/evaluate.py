@@ -9,11 +9,8 @@ dataset and resolution; each condition is one batched `inference_mode` pass.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +23,9 @@ from minr.data import dataset_sources, load_split
 from minr.errors import MinrError
 from minr.metrics import PROTOCOLS, psnr_protocols
 from minr.progress import make_progress
-from minr.recon.floors import FLOORS, floor_reconstruction
 from minr.runtime import resolve_device
-from minr.stats import Paired, bootstrap_mean
+from probes.recon.floors import FLOORS, floor_reconstruction
+from probes.stats import Paired, bootstrap_mean
 
 RATIOS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 
@@ -274,10 +271,6 @@ def entry_names(ckpts: tuple[str, ...]) -> list[str]:
     return [short_name(c, taken) for c in ckpts]
 
 
-def results_dict(obj: Any) -> Any:
-    return dataclasses.asdict(obj)
-
-
 def by_family(entries: list[ReconEntry], family: str) -> list[ReconEntry]:
     return [e for e in entries if e.family == family]
 
@@ -290,13 +283,3 @@ def comparable(a: ReconEntry, b: ReconEntry) -> bool:
         b.mask_patch,
         b.trained_on,
     )
-
-
-def each_condition(cfg: ReconConfig) -> Callable:
-    def conditions():
-        for dataset in cfg.datasets:
-            for kind in cfg.mask_kinds:
-                for ratio in cfg.mask_ratios:
-                    yield dataset, kind, ratio
-
-    return conditions
