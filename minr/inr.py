@@ -65,7 +65,7 @@ def render_mlp(
     *,
     hidden_layers: tuple[int, ...] | None = None,
 ) -> torch.Tensor | list[torch.Tensor]:
-    """Run the INR: ReLU between layers, +0.5 on the output (METHOD.md).
+    """Run the INR: ReLU between layers, +0.5 on the output (docs/METHOD.md#shared-architecture).
 
     x: (Q, F) features shared by the batch, or (B, Q, F). weights[l]: shared (I, O) or per image (B, I, O);
     biases[l]: (O,). Shared layers on a shared input run once for the whole batch. Returns (B, Q, O_last), or

@@ -12,7 +12,7 @@ def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
 
 
 def psnr_protocols(recon: torch.Tensor, target: torch.Tensor, pixel_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-image PSNR (B,) under the three protocols of METHOD.md.
+    """Per-image PSNR (B,) under the three protocols of docs/METHOD.md#psnr-protocols.
 
     full: the raw reconstruction over every pixel; pasted: visible pixels taken from the input, masked pixels
     from the reconstruction; masked: the masked region only (MAE's loss region). pixel_mask (B, 1, H, W), True =

@@ -1,6 +1,6 @@
 """The model registry: presets are short functions, looked up by name (`create_model("ginr_tiny")`).
 
-Each preset also carries its training recipe (METHOD.md's table), as config overrides applied before the user's.
+Each preset also carries its training recipe (docs/METHOD.md#training-recipes): overrides applied before the user's.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
         raise MinrError(f"model {name!r} does not accept these model_args {sorted(overrides)}: {e}") from None
 
 
-# -- recipes (METHOD.md "Training recipes"); tiny ones are scaled to minutes on 2 CPU cores ---------------------
+# -- recipes (docs/METHOD.md#training-recipes); tiny ones are scaled to minutes on 2 CPU cores ---------------------
 _TRANSINR = {
     "optim.name": "adam",
     "optim.lr": 1e-4,

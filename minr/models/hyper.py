@@ -1,6 +1,6 @@
 """MINR hypernetworks: a transformer reads a zero-filled masked image and predicts a Fourier-feature INR.
 
-Two variants (METHOD.md): "transinr" predicts every INR layer (weight tokens per layer, tiled over the output
+Two variants (docs/METHOD.md): "transinr" predicts every INR layer (weight tokens per layer, tiled over the output
 axis, multiplied into a shared base weight); "ginr" predicts one layer (the 2nd by default, `modulated_layer`) as
 `U_n @ V`, the rest is shared.
 
@@ -96,7 +96,7 @@ class HyperINR(Encoder):
                 f"got {modulated_layer}"
             )
         self.variant, self.image_size, self.in_chans, self.embed_dim = variant, image_size, in_chans, embed_dim
-        # A fast option (off by default, METHOD.md): data tokens whose every pixel is masked carry nothing but their
+        # A fast option (off by default, docs/METHOD.md): data tokens whose every pixel is masked hold nothing but their
         # position; leave them out of the transformer, as MAE does. Weight tokens are unchanged.
         self.drop_masked_tokens = drop_masked_tokens
         # A conv with kernel = stride = patch is the paper's unfold + Linear(p*p*C -> D), same parameters.
