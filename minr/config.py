@@ -102,7 +102,7 @@ class OptimConfig:
 class TrainConfig:
     """Budget, batch, seed, device and how often to validate and checkpoint."""
 
-    epochs: int = 1
+    epochs: int | None = 1  # None: the run is bounded by max_steps alone
     batch_size: int = 64
     max_steps: int | None = None
     seed: int = 0
@@ -117,7 +117,11 @@ class TrainConfig:
     keep_checkpoints: tuple[int, ...] = ()  # steps whose weights are kept as checkpoint-stepNNNNNN.safetensors
 
     def __post_init__(self) -> None:
-        _check(self.epochs > 0, f"train.epochs must be positive, got {self.epochs}")
+        _check(self.epochs is None or self.epochs > 0, f"train.epochs must be positive (or null), got {self.epochs}")
+        _check(
+            self.epochs is not None or self.max_steps is not None,
+            "train.epochs is null, so train.max_steps must bound the run; set one of them",
+        )
         _check(
             all(isinstance(s, int) and s >= 0 for s in self.keep_checkpoints),
             f"train.keep_checkpoints must be steps >= 0, got {list(self.keep_checkpoints)}",

@@ -172,7 +172,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, device, env, resume: bool, progres
         atomic_write_text(out / "config.yaml", to_yaml(cfg) + f"# git_sha: {sha}\n")
         log = MetricsLog(out, resume_step=start if ckpt else None, tensorboard=cfg.train.log == "tensorboard")
     net = DistributedDataParallel(model) if env.world > 1 else model
-    total = int(min(cfg.train.epochs * steps_per_epoch, cfg.train.max_steps or math.inf))
+    total = int(min((cfg.train.epochs or math.inf) * steps_per_epoch, cfg.train.max_steps or math.inf))
     val_metrics: dict[str, float] = {}
 
     def step_fn(batch, step: int) -> StepResult:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +19,9 @@ from minr.runtime import hardware
 from probes import memo
 from probes.extract import ExtractSpec, FeatureSet, default_cache_dir, extract_kinds
 from probes.features import PIXELS, EncoderRef, encoder_ref, known_kinds
-from probes.stats import Paired, minr_vs_mae
+from probes.report import write_reports
+from probes.results import ProbeEntry, ProbeResults, Score, SweepPoint, best_entries
+from probes.stats import minr_vs_mae
 
 METHODS = ("linear", "knn")
 
@@ -70,60 +71,6 @@ class ProbeConfig:
             raise MinrError(
                 f"--kind {bad_kinds[0]!r} does not exist; choose from {', '.join(sorted(known_kinds()))} or all"
             )
-
-
-@dataclass(frozen=True)
-class Score:
-    """Test accuracy of one method: mean and std over seeds (k-NN has one)."""
-
-    mean: float
-    std: float = 0.0
-    per_seed: list[float] | None = None
-    chosen: list[dict[str, float]] | None = None  # the linear probe's hyper-parameters per seed
-
-
-@dataclass(frozen=True)
-class ProbeEntry:
-    """One (encoder, feature kind)."""
-
-    name: str
-    encoder: str
-    family: str
-    model: str
-    kind: str
-    weights_sha256: str
-    feature_dim: int
-    extract_images_per_s: dict[str, float | None]
-    cached: dict[str, bool]
-    linear: Score | None = None
-    knn: Score | None = None
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """Accuracy of a probe trained on clean features, on test features extracted under masking."""
-
-    name: str
-    family: str
-    kind: str
-    method: str
-    mask_ratio: float
-    accuracy: float
-
-
-@dataclass(frozen=True)
-class ProbeResults:
-    config: dict[str, Any]
-    entries: list[ProbeEntry]
-    paired: list[Paired]
-    mask_sweep: list[SweepPoint]
-    selected_on: str
-    num_classes: int
-    test_images: int
-    runtime_s: float
-    git_sha: str
-    hardware: dict[str, Any]
-    task: str = "classification"
 
 
 @dataclass
@@ -220,7 +167,8 @@ def evaluate(f: _Features, cfg: ProbeConfig, num_classes: int):
             for s in range(cfg.seeds)
         ]
         accs = [r.accuracy for r in runs]
-        scores["linear"] = Score(float(np.mean(accs)), float(np.std(accs)), accs, [r.chosen for r in runs])
+        val = float(np.mean([r.selection_accuracy for r in runs]))
+        scores["linear"] = Score(float(np.mean(accs)), float(np.std(accs)), accs, [r.chosen for r in runs], val)
         predictions.update({f"linear/seed{s}": r.predictions for s, r in enumerate(runs)})
         predictors["linear"] = lambda fs, r=runs[0]: r.predict(fs.features)
     if "knn" in cfg.methods:
@@ -230,7 +178,8 @@ def evaluate(f: _Features, cfg: ProbeConfig, num_classes: int):
 
         predictions["knn"] = knn(te)
         predictors["knn"] = knn
-        scores["knn"] = Score(float((predictions["knn"] == yte.numpy()).mean()))
+        val = float((knn(select) == select.labels.numpy()).mean())
+        scores["knn"] = Score(float((predictions["knn"] == yte.numpy()).mean()), val=val)
     return scores, predictions, predictors
 
 
@@ -260,8 +209,6 @@ def mask_sweep(
 
 def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, log=print) -> ProbeResults:
     """Probe every encoder; write results.json, results.md, predictions.npz and the masking plot into `out_dir`."""
-    from probes.report import write_reports
-
     t0 = time.perf_counter()
     sources = refs(cfg)  # every checkpoint checked (from its header) before anything is written
     with locked_dir(out_dir):
@@ -296,6 +243,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
             runtime_s=time.perf_counter() - t0,
             git_sha=git_sha(),
             hardware=hardware(),
+            best=best_entries(entries),
         )
         write_reports(results, predictions, labels, Path(out_dir))
     return results

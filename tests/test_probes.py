@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -236,3 +237,38 @@ def test_probe_cli_end_to_end(ckpts, tmp_path, fashion_small):
         ],
     )
     assert r.exit_code == 2 and "--mask-ratios" in r.output
+
+
+def test_no_choice_depends_on_test_labels(ckpts, tmp_path, monkeypatch):
+    """Each encoder's feature kind and each probe's hyper-parameters are chosen on validation: scrambling the
+    test labels changes test accuracies and nothing that was chosen."""
+    import probes.run as run
+    from probes.run import ProbeConfig, run_probe
+
+    def probe(tag):
+        cfg = ProbeConfig(
+            ckpts=(str(ckpts["ginr_tiny"]), str(ckpts["mae_tiny"])),
+            data=DIGITS,
+            kinds=("all",),
+            seeds=2,
+            epochs=1,
+            cache_dir=str(tmp_path / tag / "cache"),
+        )
+        return run_probe(cfg, tmp_path / tag / "out", progress=False, log=lambda m: None)
+
+    clean = probe("clean")
+    real = run.extract_kinds
+
+    def scrambled(spec, *args, **kwargs):
+        sets = real(spec, *args, **kwargs)
+        if spec.split != "test":
+            return sets
+        perm = torch.randperm(len(sets[0].labels), generator=torch.Generator().manual_seed(1))
+        return [dataclasses.replace(fs, labels=fs.labels[perm]) for fs in sets]
+
+    monkeypatch.setattr(run, "extract_kinds", scrambled)
+    bad = probe("scrambled")
+    assert clean.best == bad.best and len(clean.best) == 3  # pixels, GINR, MAE
+    for a, b in zip(clean.entries, bad.entries, strict=True):
+        assert a.linear.val == b.linear.val and a.linear.chosen == b.linear.chosen and a.knn.val == b.knn.val
+    assert [e.linear.mean for e in clean.entries] != [e.linear.mean for e in bad.entries]

@@ -19,7 +19,9 @@ def _names(text: str | None) -> tuple[str, ...]:
 @click.option(
     "--preset", default="quick", show_default=True, help="quick (~8 min on 2 CPU cores), cpu-full (~1.5 h), paper."
 )
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Where every stage writes.")
+@click.option(
+    "--out", type=click.Path(file_okay=False), required=True, help="Where every stage writes (empty, or a bench's own)."
+)
 @click.option("--models", default=None, help="Comma-separated models (default: the preset's).")
 @click.option(
     "--stages", default=None, help="Comma-separated subset of pretrain,reconstruct,probe,finetune,segment,report."
@@ -37,14 +39,16 @@ def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet) -> None:
     import yaml
 
     from cli.bench.config import load_preset
-    from cli.bench.run import run_bench
+    from cli.bench.run import check_out, run_bench, validate
+    from cli.bench.stages import selected
 
-    cfg = load_preset(preset, parse_set(sets), models=_names(models), stages=_names(stages))
+    cfg = validate(load_preset(preset, parse_set(sets), models=_names(models), stages=_names(stages)))
     if dry_run:
+        check_out(Path(out), cfg, force)
         click.echo(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), nl=False)
         return
     path = run_bench(cfg, out, quiet=quiet, force=force, say=(click.echo if quiet else None))
-    if "report" in cfg.stages:
+    if "report" in selected(cfg):
         console.print(f"wrote {path}/report.md, report.html and results.json")
 
 

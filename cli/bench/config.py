@@ -1,9 +1,11 @@
-"""The bench's configuration: frozen dataclasses that validate themselves, read from a preset YAML shipped with
-the package and changed with dotted `--set` overrides (`--set pretrain.steps=200`)."""
+"""The bench's configuration: frozen dataclasses read from a preset YAML shipped with the package and changed with
+dotted `--set` overrides (`--set pretrain.steps=200`). Each section holds what a user sets for one stage; the
+stages (`cli/bench/stages.py`) turn a section into the library configs they run, and `stages.validate` builds them
+all when the preset is read, so a bad value is refused before anything runs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -12,8 +14,6 @@ import yaml
 from minr.config import apply_overrides, from_dict
 from minr.errors import MinrError
 from minr.models import list_models
-
-STAGES = ("pretrain", "reconstruct", "probe", "finetune", "segment", "report")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -32,10 +32,10 @@ class ExtraRun:
 
 
 @dataclass(frozen=True)
-class PretrainStage:
+class PretrainSettings:
     dataset: str | None = "fashion-mnist"
-    data_root: str | None = None
-    steps: int = 843
+    data_root: str | None = None  # every stage's data root unless its section names its own
+    steps: int = 843  # bounds every run (the recipes' epochs do not)
     batch_size: int = 64
     seed: int = 0
     curve: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)  # fractions of the budget kept for the learning curve
@@ -43,18 +43,22 @@ class PretrainStage:
     extra: tuple[ExtraRun, ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.steps > 0 and self.batch_size > 0, "pretrain.steps and pretrain.batch_size must be positive")
+        _check(self.steps > 0, f"pretrain.steps must be positive, got {self.steps}")
+        _check(self.batch_size > 0, f"pretrain.batch_size must be positive, got {self.batch_size}")
         _check(
             all(0 <= f <= 1 for f in self.curve), f"pretrain.curve fractions must lie in [0, 1], got {list(self.curve)}"
         )
+        names = [e.name for e in self.extra]
+        _check(len(set(names)) == len(names), f"pretrain.extra: two runs are named {_twice(names)!r}")
 
     def kept_steps(self) -> tuple[int, ...]:
         return tuple(sorted({round(f * self.steps) for f in self.curve}))
 
 
 @dataclass(frozen=True)
-class ReconstructStage:
+class ReconstructSettings:
     datasets: tuple[str, ...] = ("fashion-mnist", "digits", "photos")
+    data_root: str | None = None
     split: str = "test"
     mask_ratios: tuple[float, ...] = (0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
     mask_kinds: tuple[str, ...] = ("random", "block", "bernoulli")
@@ -62,8 +66,9 @@ class ReconstructStage:
 
 
 @dataclass(frozen=True)
-class ProbeStage:
+class ProbeSettings:
     dataset: str | None = "fashion-mnist"
+    data_root: str | None = None
     max_images: int | None = 10000
     seeds: int = 3
     epochs: int = 20
@@ -72,8 +77,9 @@ class ProbeStage:
 
 
 @dataclass(frozen=True)
-class FinetuneStage:
+class FinetuneSettings:
     dataset: str | None = "fashion-mnist"
+    data_root: str | None = None
     max_images: int | None = 10000
     epochs: int = 2
     batch_size: int = 64
@@ -87,13 +93,18 @@ class SegmentRegime:
 
 
 @dataclass(frozen=True)
-class SegmentStage:
+class SegmentSettings:
     dataset: str | None = None  # None: Fashion-MNIST scenes made by the bench
+    data_root: str | None = None  # where the scenes' Fashion-MNIST comes from
     scenes_train: int = 2000
     scenes_val: int = 400
     backbones: tuple[str, ...] = ("tokens", "inr")
     frozen: SegmentRegime = field(default_factory=lambda: SegmentRegime(1500, 8))
     full: SegmentRegime = field(default_factory=lambda: SegmentRegime(200, 8))
+
+    def __post_init__(self) -> None:
+        for what in ("scenes_train", "scenes_val"):
+            _check(getattr(self, what) > 0, f"segment.{what} must be positive, got {getattr(self, what)}")
 
 
 @dataclass(frozen=True)
@@ -101,38 +112,44 @@ class BenchConfig:
     name: str
     description: str = ""
     models: tuple[str, ...] = ("ginr_tiny", "transinr_tiny", "mae_tiny")
-    stages: tuple[str, ...] = STAGES
-    pretrain: PretrainStage = field(default_factory=PretrainStage)
-    reconstruct: ReconstructStage = field(default_factory=ReconstructStage)
-    probe: ProbeStage = field(default_factory=ProbeStage)
-    finetune: FinetuneStage = field(default_factory=FinetuneStage)
-    segment: SegmentStage = field(default_factory=SegmentStage)
-    expected_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds on the reference machine
+    stages: tuple[str, ...] = ()  # empty: every stage
+    pretrain: PretrainSettings = field(default_factory=PretrainSettings)
+    reconstruct: ReconstructSettings = field(default_factory=ReconstructSettings)
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
+    segment: SegmentSettings = field(default_factory=SegmentSettings)
+    expected_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds at the preset's own budget
 
     def __post_init__(self) -> None:
+        _check(bool(self.models), "--models: give at least one model")
         unknown = [m for m in self.models if m not in list_models()]
         _check(not unknown, f"unknown model {unknown[0] if unknown else ''!r}; choose from {', '.join(list_models())}")
-        _check(bool(self.models), "--models: give at least one model")
-        bad = [s for s in self.stages if s not in STAGES]
-        _check(not bad, f"unknown stage {bad[0] if bad else ''!r}; choose from {', '.join(STAGES)}")
+        _check(len(set(self.models)) == len(self.models), f"--models names {_twice(self.models)!r} twice")
+        _check(len(set(self.stages)) == len(self.stages), f"--stages names {_twice(self.stages)!r} twice")
 
-    def check_data(self) -> None:
-        """Every stage that runs knows its data (the paper preset leaves them to the user)."""
-        needs = {"pretrain": "pretrain.dataset", "probe": "probe.dataset", "finetune": "finetune.dataset"}
-        for stage, what in needs.items():
-            value = getattr(self, stage).dataset
-            _check(
-                stage not in self.stages or value is not None,
-                f"the {self.name} preset needs --set {what}=NAME (for example imagefolder:PATH)",
-            )
+    def root(self, section: str) -> str | None:
+        """A stage's data root: its section's own, else pretrain.data_root."""
+        return getattr(self, section).data_root or self.pretrain.data_root
+
+
+def _twice(names) -> str:
+    """The first name that appears twice ('' when none does)."""
+    return next((n for i, n in enumerate(names) if n in names[:i]), "")
 
 
 def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("cli.bench.presets").iterdir() if p.name.endswith(".yaml"))
 
 
+def _hint(preset: str, e: MinrError) -> MinrError:
+    """The library's key errors point at `minrctl pretrain --dry-run`; in the bench the keys are the bench's."""
+    text = str(e).replace("`minrctl pretrain --dry-run`", f"`minrctl bench --preset {preset} --dry-run`")
+    return MinrError(text)
+
+
 def load_preset(name: str, overrides: dict[str, Any] | None = None, **fields: Any) -> BenchConfig:
-    """A shipped preset, then `fields` (models, stages) and the user's dotted overrides; validated."""
+    """A shipped preset, then `fields` (models, stages) and the user's dotted overrides, typed and checked
+    section by section (`stages.validate` then checks every stage's library configs)."""
     if name not in preset_names():
         raise MinrError(f"unknown preset {name!r}; choose {', '.join(preset_names())}")
     data = yaml.safe_load(resources.files("cli.bench.presets").joinpath(f"{name}.yaml").read_text())
@@ -140,11 +157,14 @@ def load_preset(name: str, overrides: dict[str, Any] | None = None, **fields: An
     overrides = dict(overrides or {})
     extra = overrides.pop("pretrain.extra", data.get("pretrain", {}).get("extra", []))  # --set replaces the list
     _check(isinstance(extra, list), f"pretrain.extra must be a list of runs (for example []), got {extra!r}")
-    cfg = from_dict(BenchConfig, {**data, "pretrain": {**data.get("pretrain", {}), "extra": []}})
-    cfg = apply_overrides(cfg, overrides)
-    runs = tuple(from_dict(ExtraRun, e, "pretrain.extra.") for e in extra)
-    from dataclasses import replace
+    try:
+        cfg = from_dict(BenchConfig, {**data, "pretrain": {**data.get("pretrain", {}), "extra": []}})
+        cfg = apply_overrides(cfg, overrides)
+    except MinrError as e:
+        raise _hint(name, e) from None
+    runs = tuple(from_dict(ExtraRun, e, "pretrain.extra.") if isinstance(e, dict) else _bad_extra(e) for e in extra)
+    return replace(cfg, pretrain=replace(cfg.pretrain, extra=runs))
 
-    cfg = replace(cfg, pretrain=replace(cfg.pretrain, extra=runs))
-    cfg.check_data()
-    return cfg
+
+def _bad_extra(e: Any) -> ExtraRun:
+    raise MinrError(f"pretrain.extra: each run is a mapping like {{name: x, model: ginr_tiny}}, got {e!r}")

@@ -6,14 +6,16 @@ MINR - MAE differences with intervals, a verdict written from the numbers (never
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from cli.bench.verdict import at_headline, curve_points, headline_pairs, significant, verdict
-from minr.io import atomic_write_bytes, atomic_write_text, git_sha, read_json, write_json
-from minr.runtime import hardware
+from cli.bench.results import BenchResults, gather
+from cli.bench.stages import COMPUTE, Bench, PretrainRun, Stage, selected, stage_key
+from cli.bench.verdict import at_headline, chosen_entries, curve_points, headline_pairs, pixels_entry, verdict
+from minr.io import atomic_write_bytes, atomic_write_text, write_json
 from probes.tables import markdown_table, pct, print_table
 
 HEADLINE = [
@@ -32,37 +34,10 @@ HEADLINE = [
 
 HEADLINE_NOTE = (
     "PSNR (dB): the test split of the pretraining dataset at 75% random masking (the reconstruct stage; pretraining's "
-    "validation when that stage did not run). Linear and k-NN: each encoder's best feature kind. Fine-tuning: "
+    "validation when that stage did not run). Linear and k-NN: each encoder's feature kind chosen on validation. "
+    "Fine-tuning: "
     "test accuracy. mIoU: mmseg's mIoU on the validation scenes, token backbone (paired tests use per-image IoU)."
 )
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    return read_json(path, "a result") if path.is_file() else None
-
-
-def gather(bench) -> dict[str, Any]:
-    """Every stage's results as plain data, with the stages' timings and the checkpoints' hashes."""
-    out = bench.out
-    res: dict[str, Any] = {"config": read_json(out / "bench.json", "a bench record")["config"], "stages": {}}
-    for stage in ("pretrain", "reconstruct", "probe", "finetune", "segment"):
-        rec = _load(out / stage / "stage.json")
-        res["stages"][stage] = rec and {"seconds": rec["seconds"], "continued": rec.get("continued", False)}
-    res["pretrain"] = {m: _load(bench.run_dir(m) / "summary.json") for m in bench.cfg.models}
-    res["checkpoints"] = {m: _sha(c) for m, c in zip(bench.cfg.models, bench.final(), strict=True)}
-    res["reconstruct"] = _load(out / "reconstruct" / "results.json")
-    res["probe_curve"] = _load(out / "probe" / "curve" / "results.json")
-    res["probe"] = _load(out / "probe" / "main" / "results.json")
-    res["finetune"] = _load(out / "finetune" / "results.json")
-    res["segment"] = {r: _load(out / "segment" / r / "results.json") for r in ("frozen", "full")}
-    res["git_sha"], res["hardware"] = git_sha(), hardware()
-    return res
-
-
-def _sha(path: str) -> str | None:
-    from minr.checkpoint import stored_weights_sha256
-
-    return stored_weights_sha256(path) if Path(path).is_file() else None
 
 
 def _params(model: str) -> int:
@@ -74,79 +49,65 @@ def _params(model: str) -> int:
         return sum(p.numel() for p in create_model(model).parameters())
 
 
-def headline_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
+def headline_rows(res: BenchResults) -> list[list[str]]:
     rows = []
-    for m in models:
-        s = res["pretrain"].get(m) or {}
-        probe = [e for e in (res["probe"] or {}).get("entries", []) if e["model"] == m]
-        best = {k: max((e[k]["mean"] for e in probe if e.get(k)), default=None) for k in ("linear", "knn")}
-        ft = next((e for e in (res["finetune"] or {}).get("entries", []) if e["name"] == m), None)
+    chosen = chosen_entries(res.probe.main)
+    for m in res.config.models:
+        run = res.pretrain.get(m)
+        probe = chosen.get(m)
+        ft = next((e for e in (res.finetune.entries if res.finetune else []) if e.name == m), None)
         seg = {
-            r: next((e for e in (v or {}).get("entries", []) if e["name"] == f"{m}:tokens"), None)
-            for r, v in res["segment"].items()
+            regime: next((e for e in (r.entries if r else []) if e.name == f"{m}:tokens"), None)
+            for regime, r in res.segment.items()
         }
         rows.append(
             [
                 m,
                 f"{_params(m):,}",
-                f"{s.get('train_images_per_s') or 0:,.0f}",
-                *(f"{v:.2f}" if v is not None else "" for v in _psnr(res, m, s)),
-                pct(best["linear"]),
-                pct(best["knn"]),
-                pct(ft and ft["mean"]),
-                pct(seg["frozen"] and seg["frozen"]["mean"]),
-                pct(seg["full"] and seg["full"]["mean"]),
+                f"{(run.train_images_per_s if run else None) or 0:,.0f}",
+                *(f"{v:.2f}" if v is not None else "" for v in _psnr(res, m, run)),
+                pct(probe and probe.linear and probe.linear.mean),
+                pct(probe and probe.knn and probe.knn.mean),
+                pct(ft and ft.mean),
+                pct(seg["frozen"] and seg["frozen"].mean),
+                pct(seg["full"] and seg["full"].mean),
             ]
         )
-    pixels = next((e for e in (res["probe"] or {}).get("entries", []) if e["family"] == "pixels"), None)
+    pixels = pixels_entry(res.probe.main)
     if pixels:
-        rows.append(
-            [
-                "raw pixels (floor)",
-                "",
-                "",
-                "",
-                "",
-                "",
-                pct(pixels["linear"] and pixels["linear"]["mean"]),
-                pct(pixels["knn"] and pixels["knn"]["mean"]),
-                "",
-                "",
-                "",
-            ]
-        )
+        floor = [pct(pixels.linear and pixels.linear.mean), pct(pixels.knn and pixels.knn.mean)]
+        rows.append(["raw pixels (floor)", "", "", "", "", "", *floor, "", "", ""])
     return rows
 
 
-def _psnr(res: dict[str, Any], model: str, summary: dict[str, Any]) -> list[float | None]:
+def _psnr(res: BenchResults, model: str, run: PretrainRun | None) -> list[float | None]:
     """Full, pasted and masked PSNR: the reconstruct stage's test split at 75% random masking on the pretraining
     dataset, or pretraining's own validation when that stage did not run."""
-    recon = res["reconstruct"]
-    entry = next((e for e in (recon or {}).get("entries", []) if e["name"] == model), None)
+    recon = res.reconstruct
+    entry = next((e for e in (recon.entries if recon else []) if e.name == model), None)
     if entry is None:
-        return [summary.get(f"psnr_{p}") for p in ("full", "pasted", "masked")]
-    cells = {c["protocol"]: c["mean"] for c in entry["cells"] if at_headline(recon, c)}
+        return [getattr(run, f"psnr_{p}") if run else None for p in ("full", "pasted", "masked")]
+    cells = {c.protocol: c.mean for c in entry.cells if at_headline(recon, c)}
     return [cells.get(p) for p in ("full", "pasted", "masked")]
 
 
-def paired_rows(res: dict[str, Any], models: list[str]) -> list[list[str]]:
+def paired_rows(res: BenchResults) -> list[list[str]]:
     """Every paired MINR - MAE comparison at the headline conditions, with its interval and p-value."""
-    return [
-        [
-            what,
-            p["a"],
-            p["b"],
-            f"{scale * p['diff']:+.2f} {unit}",
-            f"[{scale * p['ci_low']:+.2f}, {scale * p['ci_high']:+.2f}]",
-            f"{p['p']:.2g} ({p['test']})",
-            "yes" if significant(p) else "no",
-        ]
-        for what, p, unit, scale in headline_pairs(res, models)
-    ]
+    rows = []
+    for c in headline_pairs(res):
+        p = c.paired
+        d, lo, hi = (c.scale * v for v in (p.diff, p.ci_low, p.ci_high))
+        test = f"{p.p:.2g} ({p.test})" if p.p is not None else f"- ({p.test})"
+        rows.append([c.what, p.a, p.b, f"{d:+.2f} {c.unit}", f"[{lo:+.2f}, {hi:+.2f}]", test, _yes(p.significant)])
+    return rows
 
 
-def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:
-    curve = res["probe_curve"]
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def plot_curves(res: BenchResults, batch: int, path: Path) -> Path | None:
+    curve = res.probe.curve
     if not curve:
         return None
     import matplotlib
@@ -155,14 +116,14 @@ def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=False)
-    pixels = next((e for e in curve["entries"] if e["family"] == "pixels"), None)
+    pixels = pixels_entry(curve)
     for ax, (i, method) in zip(axes, enumerate(("linear", "knn")), strict=True):
         for model, pts in curve_points(curve).items():
             line = ax.plot([s * batch for s, *_ in pts], [p[1 + i] for p in pts], marker="o", label=model)
             ax.scatter([0], [pts[0][1 + i]], marker="x", s=60, color=line[0].get_color())
         ax.scatter([], [], marker="x", color="black", label="randomly initialised encoder")
         if pixels:
-            ax.axhline(pixels[method]["mean"], color="grey", linestyle="--", label="raw pixels (floor)")
+            ax.axhline(getattr(pixels, method).mean, color="grey", linestyle="--", label="raw pixels (floor)")
         ax.set_xlabel("images seen in pretraining")
         ax.set_ylabel(f"{'linear probe' if method == 'linear' else 'k-NN'} test accuracy")
         ax.grid(alpha=0.3)
@@ -177,7 +138,7 @@ def plot_curves(res: dict[str, Any], batch: int, path: Path) -> Path | None:
 
 FIGURES = [
     ("Learning curves", "learning_curves.png"),
-    ("Test-time masking (best feature per encoder)", "probe/main/mask_sweep.png"),
+    ("Test-time masking (feature chosen per encoder)", "probe/main/mask_sweep.png"),
     ("Reconstructions (75% random masking)", "reconstruct/grid_*.png"),
     ("PSNR against the mask ratio", "reconstruct/psnr_vs_ratio_*_random.png"),
     ("Transfer matrix", "reconstruct/transfer_matrix.png"),
@@ -185,55 +146,45 @@ FIGURES = [
     ("Segmentation, fine-tuned backbones", "segment/full/predictions.png"),
 ]
 
+Table = tuple[str, list[str], list[list[str]]]  # (title, headers, rows)
 
-def sections(res: dict[str, Any], bench) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, headers, rows) of the per-stage tables."""
-    out = []
-    if res["reconstruct"]:
+
+def sections(res: BenchResults, recon_cfg) -> list[Table]:
+    """The per-stage tables."""
+    out: list[Table] = []
+    if res.reconstruct:
         from probes.recon import analysis
-        from probes.recon.evaluate import Cell, ReconConfig, ReconEntry
 
-        r = res["reconstruct"]
-        cfg = ReconConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in r["config"].items()})
-        entries = [ReconEntry(**{**e, "cells": [Cell(**c) for c in e["cells"]]}) for e in r["entries"]]
-        for ds in cfg.datasets:
+        for ds in recon_cfg.datasets:
             out.append(
                 (
                     f"Reconstruction, {ds} (75% random; mean [95% CI] dB)",
                     ["entry", "pretrained on", "full", "pasted", "masked"],
-                    analysis.headline(entries, cfg, ds),
+                    analysis.headline(res.reconstruct.entries, recon_cfg, ds),
                 )
             )
-    if res["probe"]:
-        from probes.report import ENTRY_HEADERS
+    if res.probe.main:
+        from probes.report import ENTRY_HEADERS, entry_rows
 
-        rows = [
-            [e["name"], str(e["feature_dim"]), _acc(e.get("linear")), _acc(e.get("knn"))]
-            for e in res["probe"]["entries"]
-        ]
-        out.append(("Frozen-feature probes", list(ENTRY_HEADERS), rows))
-    if res["finetune"]:
-        rows = [[e["name"], f"{pct(e['mean'])} ± {pct(e['std'])}"] for e in res["finetune"]["entries"]]
+        main = res.probe.main
+        out.append(("Frozen-feature probes", list(ENTRY_HEADERS), entry_rows(main.entries, main.best)))
+    if res.finetune:
+        rows = [[e.name, _over_seeds(e.mean, e.std, e.per_seed)] for e in res.finetune.entries]
         out.append(("Fine-tuning (test accuracy %)", ["model", "accuracy"], rows))
-    for regime, r in res["segment"].items():
+    for regime, r in res.segment.items():
         if r:
-            rows = [[e["name"], pct(e["mean"]), pct(e["mAcc"]), pct(e["aAcc"])] for e in r["entries"]]
+            rows = [[e.name, _over_seeds(e.mean, e.std, e.per_seed), pct(e.mAcc), pct(e.aAcc)] for e in r.entries]
             out.append((f"Segmentation, {regime} backbone", ["model:feature", "mIoU", "mAcc", "aAcc"], rows))
     return out
 
 
-def _acc(s: dict[str, Any] | None) -> str:
-    if not s:
-        return ""
-    return f"{pct(s['mean'])} ± {pct(s['std'])}" if s.get("per_seed") else pct(s["mean"])
+def _over_seeds(mean: float, std: float, per_seed: list[float]) -> str:
+    """'81.20 ± 0.31 (n=3)', or the mean alone for one seed (never '± 0.00')."""
+    return f"{pct(mean)} ± {pct(std)} (n={len(per_seed)})" if len(per_seed) > 1 else pct(mean)
 
 
 def _figures(out: Path) -> list[tuple[str, Path]]:
-    found = []
-    for title, pattern in FIGURES:
-        for p in sorted(out.glob(pattern)):
-            found.append((title, p))
-    return found
+    return [(title, p) for title, pattern in FIGURES for p in sorted(out.glob(pattern))]
 
 
 def budget(cfg) -> str:
@@ -246,44 +197,85 @@ def budget(cfg) -> str:
     )
 
 
-def write_report(bench) -> None:
-    out, cfg = bench.out, bench.cfg
-    res = gather(bench)
-    plot_curves(res, cfg.pretrain.batch_size or 1, out / "learning_curves.png")
-    head, paired, says = (
-        headline_rows(res, list(cfg.models)),
-        paired_rows(res, list(cfg.models)),
-        verdict(res, list(cfg.models)),
-    )
-    per_stage, figures = sections(res, bench), _figures(out)
+@dataclass(frozen=True)
+class Rendered:
+    """Everything the report shows, computed once for Markdown, HTML, JSON and the terminal."""
+
+    head: list[list[str]]
+    paired: list[list[str]]
+    says: list[str]
+    per_stage: list[Table]
+    figures: list[tuple[str, Path]]
+    timing: str
+    machine: str
+
+
+PAIRED_HEADERS = ["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"]
+
+
+def render(b: Bench, res: BenchResults) -> Rendered:
+    from cli.bench.stages import Reconstruct
+
     timing = ", ".join(
-        f"{s} {v['seconds'] / 60:.1f} min" + (" (continued: this session's part)" if v["continued"] else "")
-        for s, v in res["stages"].items()
+        f"{s} {v.seconds / 60:.1f} min" + (" (continued: this session's part)" if v.continued else "")
+        for s, v in res.stages.items()
         if v
     )
+    hw = res.hardware
+    return Rendered(
+        head=headline_rows(res),
+        paired=paired_rows(res),
+        says=verdict(res),
+        per_stage=sections(res, Reconstruct().configs(b) if res.reconstruct else None),
+        figures=_figures(b.out),
+        timing=timing,
+        machine=f"Code: {res.git_sha}; {hw['cpu']} ({hw['cpu_count']} cores); torch {hw['torch']}.",
+    )
+
+
+def markdown(cfg, r: Rendered, out: Path) -> str:
     md = [
         f"# minr bench: {cfg.name}\n",
         f"{cfg.description}\n",
         f"{budget(cfg)}\n",
-        f"Stages: {timing}. Code: {res['git_sha']}; "
-        f"{res['hardware']['cpu']} ({res['hardware']['cpu_count']} cores); torch {res['hardware']['torch']}.\n",
+        f"Stages: {r.timing}. {r.machine}\n",
         "## Headline\n",
-        markdown_table(HEADLINE, head),
+        markdown_table(HEADLINE, r.head),
         f"{HEADLINE_NOTE}\n",
         "## Paired MINR - MAE\n",
-        markdown_table(["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"], paired),
+        markdown_table(PAIRED_HEADERS, r.paired),
         "## Verdict (computed from the numbers above)\n",
-        " ".join(says) + "\n",
+        " ".join(r.says) + "\n",
     ]
-    for title, headers, rows in per_stage:
+    for title, headers, rows in r.per_stage:
         md += [f"## {title}\n", markdown_table(headers, rows)]
-    md += [f"## {title}\n\n![{title}]({p.relative_to(out)})\n" for title, p in figures]
-    atomic_write_text(out / "report.md", "\n".join(md))
-    atomic_write_text(out / "report.html", to_html(cfg, res, head, paired, says, per_stage, figures, timing))
-    write_json(
-        out / "results.json", {**res, "headline": [dict(zip(HEADLINE, r, strict=True)) for r in head], "verdict": says}
-    )
-    print_table(HEADLINE, head, title=f"minr bench {cfg.name}")
+    md += [f"## {title}\n\n![{title}]({p.relative_to(out)})\n" for title, p in r.figures]
+    return "\n".join(md)
+
+
+def write_report(b: Bench, res: BenchResults) -> None:
+    from minr.errors import MinrError
+
+    if not res.has_any():
+        raise MinrError(f"{b.out} holds no finished stage to report on; run the other stages first (drop --stages)")
+    cfg = b.cfg
+    plot_curves(res, cfg.pretrain.batch_size, b.out / "learning_curves.png")
+    r = render(b, res)
+    atomic_write_text(b.out / "report.md", markdown(cfg, r, b.out))
+    atomic_write_text(b.out / "report.html", to_html(cfg, r))
+    headline = [dict(zip(HEADLINE, row, strict=True)) for row in r.head]
+    write_json(b.out / "results.json", {**dataclasses.asdict(res), "headline": headline, "verdict": r.says})
+    print_table(HEADLINE, r.head, title=f"minr bench {cfg.name}")
+
+
+class Report(Stage):
+    name, does = "report", "report.md, report.html and results.json"
+
+    def inputs(self, b: Bench) -> dict:
+        return {s.name: stage_key(b.out, s.name) for s in COMPUTE if s.name in selected(b.cfg)}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        write_report(b, gather(b))
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -292,7 +284,7 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def to_html(cfg, res, head, paired, says, per_stage, figures, timing) -> str:
+def to_html(cfg, r: Rendered) -> str:
     style = (
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
         "margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#f3f3f3}"
@@ -303,21 +295,20 @@ def to_html(cfg, res, head, paired, says, per_stage, figures, timing) -> str:
         f"<style>{style}</style></head><body>",
         f"<h1>minr bench: {html.escape(cfg.name)}</h1>",
         f"<p>{html.escape(cfg.description)}</p><p>{html.escape(budget(cfg))}</p>",
-        f"<p>Stages: {html.escape(timing)}. Code {html.escape(res['git_sha'])}; "
-        f"{html.escape(str(res['hardware']['cpu']))}.</p>",
+        f"<p>Stages: {html.escape(r.timing)}. {html.escape(r.machine)}</p>",
         "<section id='headline'><h2>Headline</h2>",
-        _html_table(HEADLINE, head),
+        _html_table(HEADLINE, r.head),
         f"<p>{html.escape(HEADLINE_NOTE)}</p></section>",
         "<section id='paired'><h2>Paired MINR - MAE</h2>",
-        _html_table(["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"], paired),
+        _html_table(PAIRED_HEADERS, r.paired),
         "</section>",
         "<section id='verdict'><h2>Verdict (computed from the numbers)</h2>",
-        "".join(f"<p>{html.escape(s)}</p>" for s in says),
+        "".join(f"<p>{html.escape(s)}</p>" for s in r.says),
         "</section>",
     ]
-    for title, headers, rows in per_stage:
+    for title, headers, rows in r.per_stage:
         parts += [f"<section><h2>{html.escape(title)}</h2>", _html_table(headers, rows), "</section>"]
-    for title, p in figures:
+    for title, p in r.figures:
         data = base64.b64encode(p.read_bytes()).decode()
         parts.append(
             f"<section><h2>{html.escape(title)}</h2>"

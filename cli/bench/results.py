@@ -1,0 +1,76 @@
+"""Every stage's typed results in one object, gathered through the stages' own `load`: what the report, the
+verdict and results.json read. Nothing here reads a result file by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cli.bench.config import BenchConfig
+from cli.bench.stages import COMPUTE, Bench, PretrainRun, ProbeOutcome
+from minr.io import git_sha, read_json
+from minr.runtime import hardware
+
+
+@dataclass(frozen=True)
+class StageTime:
+    seconds: float
+    continued: bool  # a stopped stage continued: `seconds` is this session's part only
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    config: BenchConfig
+    stages: dict[str, StageTime | None]
+    pretrain: dict[str, PretrainRun | None]
+    checkpoints: dict[str, str | None]  # model -> SHA-256 of its final weights
+    reconstruct: Any  # probes.recon.report.ReconResults | None
+    probe: ProbeOutcome
+    finetune: Any  # finetune.report.FinetuneResults | None
+    segment: dict[str, Any]  # regime -> FinetuneResults | None
+    git_sha: str
+    hardware: dict[str, Any]
+
+    def has_any(self) -> bool:
+        """Whether any stage left results to report."""
+        return any(
+            (
+                any(self.pretrain.values()),
+                self.reconstruct,
+                self.probe.curve,
+                self.probe.main,
+                self.finetune,
+                *self.segment.values(),
+            )
+        )
+
+
+def _time(out: Path, stage: str) -> StageTime | None:
+    done = out / stage / "stage.json"
+    if not done.is_file():
+        return None
+    rec = read_json(done, "a bench stage record")
+    return StageTime(float(rec["seconds"]), bool(rec.get("continued", False)))
+
+
+def _sha(path: str) -> str | None:
+    from minr.checkpoint import stored_weights_sha256
+
+    return stored_weights_sha256(path) if Path(path).is_file() else None
+
+
+def gather(b: Bench) -> BenchResults:
+    loaded = {s.name: s.load(b) for s in COMPUTE}
+    return BenchResults(
+        config=b.cfg,
+        stages={s.name: _time(b.out, s.name) for s in COMPUTE},
+        pretrain=loaded["pretrain"],
+        checkpoints={m: _sha(c) for m, c in zip(b.cfg.models, b.final(), strict=True)},
+        reconstruct=loaded["reconstruct"],
+        probe=loaded["probe"],
+        finetune=loaded["finetune"],
+        segment=loaded["segment"],
+        git_sha=git_sha(),
+        hardware=hardware(),
+    )

@@ -1,0 +1,363 @@
+"""The bench's stages as objects, in order, each registered once: `COMPUTE` here, then the report.
+
+A stage owns its part of the bench: what it does (one line), the library configs it runs (built from its section
+of the `BenchConfig`; building them validates every value, so `validate` refuses a bad preset before anything
+runs), the key of its inputs (a stage whose key is unchanged is skipped), `run`, `load` (its typed results, read
+back from what it wrote), and `work` (how much it does, to scale the time estimate when `--set` changes the budget).
+Adding a stage is one class here and one entry in `COMPUTE`; the report (`cli/bench/report.py`) reads every
+stage's typed results through `load`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cli.bench.config import BenchConfig
+from minr.build import default_config
+from minr.config import DataConfig, PretrainConfig, to_dict
+from minr.errors import MinrError
+from minr.io import read_json
+from minr.loop import kept_path
+from minr.typed import from_plain
+
+
+class Bench:
+    """One bench run in `out`: where each stage's outputs are and which checkpoints each stage reads."""
+
+    def __init__(self, cfg: BenchConfig, out: Path, *, quiet: bool = True) -> None:
+        self.cfg, self.out, self.quiet = cfg, out, quiet
+
+    def run_dir(self, name: str) -> Path:
+        return self.out / "pretrain" / name
+
+    def final(self) -> list[str]:
+        return [str(self.run_dir(m) / "checkpoint.safetensors") for m in self.cfg.models]
+
+    def extras(self) -> list[str]:
+        return [str(self.run_dir(e.name) / "checkpoint.safetensors") for e in self.cfg.pretrain.extra]
+
+    def curve(self) -> list[tuple[str, int, str]]:
+        """(model, step, checkpoint) of every kept checkpoint, for the learning curve."""
+        return [
+            (m, s, str(kept_path(self.run_dir(m) / "checkpoint.safetensors", s)))
+            for m in self.cfg.models
+            for s in self.cfg.pretrain.kept_steps()
+        ]
+
+    def log(self, message: str) -> None:
+        if not self.quiet:
+            from minr.progress import console
+
+            console.print(message)
+
+
+def _hashes(ckpts: list[str]) -> list[str]:
+    from minr.checkpoint import stored_weights_sha256
+
+    return [stored_weights_sha256(c) for c in ckpts]
+
+
+def _need(cfg: BenchConfig, section: str, value: str | None) -> str:
+    if value is None:
+        raise MinrError(f"the {cfg.name} preset needs --set {section}.dataset=NAME (for example imagefolder:PATH)")
+    return value
+
+
+def _settings(cfg: Any, *drop: str) -> dict[str, Any]:
+    """A library config as plain data without the fields the key holds otherwise (checkpoints by their hashes)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ("ckpts", *drop)}
+
+
+def _results(path: Path, cls: type) -> Any:
+    return from_plain(cls, read_json(path, "a result"), str(path)) if path.is_file() else None
+
+
+class Stage:
+    name = ""
+    does = ""
+
+    def configs(self, b: Bench) -> Any:
+        """The library configs this stage runs, validated as they are built."""
+        return None
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        """What the stage's results depend on: its key."""
+        return {"cfg": to_dict(self.configs(b))} if dataclasses.is_dataclass(self.configs(b)) else {}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        raise NotImplementedError
+
+    def load(self, b: Bench) -> Any:
+        return None
+
+    def work(self, cfg: BenchConfig) -> float:
+        """Proportional to the stage's cost (the unit is the stage's own)."""
+        return 1.0
+
+
+class Pretrain(Stage):
+    name, does = "pretrain", "pretrain every model under one budget"
+
+    def configs(self, b: Bench) -> dict[str, PretrainConfig]:
+        """Every run's resolved config: the main models under one budget (steps bound them; the recipes' epochs do
+        not), then the extra runs."""
+        p = b.cfg.pretrain
+        base = {
+            "data.name": _need(b.cfg, "pretrain", p.dataset),
+            "data.root": p.data_root,
+            "train.seed": p.seed,
+            "train.max_steps": p.steps,
+            "train.epochs": None,
+            "train.batch_size": p.batch_size,
+        }
+        runs = {
+            m: default_config(m, {**base, **p.set, "train.keep_checkpoints": list(p.kept_steps())})
+            for m in b.cfg.models
+        }
+        for e in p.extra:
+            runs[e.name] = default_config(
+                e.model, {**base, **p.set, **({"data.name": e.dataset} if e.dataset else {}), **e.set}
+            )
+        return runs
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        return {k: to_dict(v) for k, v in self.configs(b).items()}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        from minr.train import pretrain
+
+        for name, cfg in self.configs(b).items():
+            pretrain(cfg, b.run_dir(name), resume=True, progress=progress)
+
+    def load(self, b: Bench) -> dict[str, PretrainRun | None]:
+        return {m: PretrainRun.read(b.run_dir(m) / "summary.json") for m in b.cfg.models}
+
+    def work(self, cfg: BenchConfig) -> float:
+        return cfg.pretrain.steps * cfg.pretrain.batch_size * (len(cfg.models) + len(cfg.pretrain.extra))
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    """What the report reads of a pretraining run's summary.json."""
+
+    model: str
+    steps: int
+    train_images_per_s: float | None
+    psnr_full: float | None = None
+    psnr_pasted: float | None = None
+    psnr_masked: float | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> PretrainRun | None:
+        if not path.is_file():
+            return None
+        s = read_json(path, "a pretraining summary")
+        names = {f.name for f in dataclasses.fields(cls)}
+        return from_plain(cls, {k: v for k, v in s.items() if k in names}, str(path))
+
+
+class Reconstruct(Stage):
+    name, does = "reconstruct", "PSNR under three protocols, mask ratios and kinds, in and out of domain"
+
+    def configs(self, b: Bench):
+        from probes.recon.evaluate import ReconConfig
+
+        r = b.cfg.reconstruct
+        return ReconConfig(
+            ckpts=tuple(b.final() + b.extras()),
+            datasets=tuple(r.datasets) or (_need(b.cfg, "pretrain", b.cfg.pretrain.dataset),),
+            data_root=b.cfg.root("reconstruct"),
+            split=r.split,
+            mask_ratios=r.mask_ratios,
+            mask_kinds=r.mask_kinds,
+            max_images=r.max_images,
+            scale=2,
+        )
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        cfg = self.configs(b)
+        return {"cfg": _settings(cfg), "ckpts": _hashes(list(cfg.ckpts))}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        from probes.recon.report import run_reconstruct
+
+        run_reconstruct(self.configs(b), b.out / self.name, progress=progress)
+
+    def load(self, b: Bench):
+        from probes.recon.report import ReconResults
+
+        return _results(b.out / self.name / "results.json", ReconResults)
+
+    def work(self, cfg: BenchConfig) -> float:
+        r = cfg.reconstruct
+        runs = len(cfg.models) + len(cfg.pretrain.extra)
+        return runs * max(len(r.datasets), 1) * len(r.mask_ratios) * len(r.mask_kinds) * r.max_images
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    curve: Any  # ProbeResults of every kept checkpoint (default kind, one seed), or None
+    main: Any  # ProbeResults of the final checkpoints (every kind, every seed, the masking sweep), or None
+
+
+class Probe(Stage):
+    name, does = "probe", "linear probe and k-NN of frozen features, learning curve, test-time masking"
+
+    def configs(self, b: Bench):
+        from probes.run import ProbeConfig
+
+        p, root = b.cfg.probe, b.cfg.root("probe")
+        dataset = _need(b.cfg, "probe", p.dataset)
+        curve = b.curve()
+        cache = str(b.out / self.name / "cache")
+        return {
+            "curve": ProbeConfig(
+                ckpts=tuple(k for *_, k in curve),
+                names=tuple(f"{m}@{s}" for m, s, _ in curve),
+                groups=tuple(str(s) for _, s, _ in curve),  # MINR against MAE at the same step only
+                data=DataConfig(name=dataset, root=root, max_images=p.curve_max_images),
+                seeds=1,
+                epochs=p.epochs,
+                cache_dir=cache,
+            ),
+            "main": ProbeConfig(
+                ckpts=tuple(b.final()),
+                data=DataConfig(name=dataset, root=root, max_images=p.max_images),
+                kinds=("all",),
+                seeds=p.seeds,
+                epochs=p.epochs,
+                mask_ratios=p.mask_ratios,
+                cache_dir=cache,
+            ),
+        }
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        cfgs = self.configs(b)
+        plain = {k: _settings(c, "cache_dir") for k, c in cfgs.items()}
+        return {"cfg": plain, "ckpts": _hashes([*cfgs["curve"].ckpts, *cfgs["main"].ckpts])}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        from probes.run import run_probe
+
+        log = (lambda m: None) if b.quiet else b.log
+        for part, cfg in self.configs(b).items():
+            run_probe(cfg, b.out / self.name / part, progress=progress, log=log)
+
+    def load(self, b: Bench) -> ProbeOutcome:
+        from probes.results import ProbeResults
+
+        return ProbeOutcome(
+            *(_results(b.out / self.name / p / "results.json", ProbeResults) for p in ("curve", "main"))
+        )
+
+    def work(self, cfg: BenchConfig) -> float:
+        p = cfg.probe
+        n = len(cfg.models)
+        return n * (p.max_images or 60000) * (1 + p.seeds + len(p.mask_ratios)) + n * len(cfg.pretrain.curve) * (
+            p.curve_max_images or 60000
+        )
+
+
+class Finetune(Stage):
+    name, does = "finetune", "fine-tune every encoder for classification"
+
+    def configs(self, b: Bench):
+        from finetune.configs import FinetuneConfig
+
+        f = b.cfg.finetune
+        data = DataConfig(
+            name=_need(b.cfg, "finetune", f.dataset), root=b.cfg.root("finetune"), max_images=f.max_images
+        )
+        return FinetuneConfig(
+            ckpts=tuple(b.final()), data=data, epochs=f.epochs, batch_size=f.batch_size, seeds=f.seeds
+        )
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        cfg = self.configs(b)
+        return {"cfg": _settings(cfg), "ckpts": _hashes(list(cfg.ckpts))}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        from finetune.classification import run_finetune
+
+        run_finetune(self.configs(b), b.out / self.name, resume=True, progress=progress)
+
+    def load(self, b: Bench):
+        from finetune.report import FinetuneResults
+
+        return _results(b.out / self.name / "results.json", FinetuneResults)
+
+    def work(self, cfg: BenchConfig) -> float:
+        f = cfg.finetune
+        return len(cfg.models) * f.seeds * f.epochs * (f.max_images or 60000)
+
+
+class Segment(Stage):
+    name, does = "segment", "mmseg heads on frozen and fine-tuned encoders"
+    REGIMES = ("frozen", "full")
+
+    def scenes(self, b: Bench) -> Path:
+        return b.out / self.name / "scenes"
+
+    def configs(self, b: Bench):
+        from finetune.configs import SegConfig
+
+        s = b.cfg.segment
+        dataset = s.dataset or f"fashion-scenes:{self.scenes(b)}"
+        return {
+            regime: SegConfig(
+                ckpts=tuple(b.final()),
+                dataset=dataset,
+                max_steps=getattr(s, regime).max_steps,
+                batch_size=getattr(s, regime).batch_size,
+                regime=regime,
+                backbones=s.backbones,
+            )
+            for regime in self.REGIMES
+        }
+
+    def inputs(self, b: Bench) -> dict[str, Any]:
+        cfgs = self.configs(b)
+        plain = {k: _settings(c) for k, c in cfgs.items()}
+        s = b.cfg.segment
+        scenes = None if s.dataset else (s.scenes_train, s.scenes_val, b.cfg.root("segment"))
+        return {"cfg": plain, "scenes": scenes, "ckpts": _hashes(b.final())}
+
+    def run(self, b: Bench, progress: bool) -> None:
+        from finetune.segmentation import run_segmentation
+
+        s = b.cfg.segment
+        if s.dataset is None and not (self.scenes(b) / "classes.json").is_file():
+            from finetune.scenes import make_fashion_scenes
+
+            make_fashion_scenes(
+                self.scenes(b), n_train=s.scenes_train, n_val=s.scenes_val, data_root=b.cfg.root("segment")
+            )
+        for regime, cfg in self.configs(b).items():
+            run_segmentation(cfg, b.out / self.name / regime, resume=True, progress=progress)
+
+    def load(self, b: Bench) -> dict[str, Any]:
+        from finetune.report import FinetuneResults
+
+        return {r: _results(b.out / self.name / r / "results.json", FinetuneResults) for r in self.REGIMES}
+
+    def work(self, cfg: BenchConfig) -> float:
+        s = cfg.segment
+        per = sum(r.max_steps * r.batch_size for r in (s.frozen, s.full))
+        return len(cfg.models) * len(s.backbones) * per
+
+
+COMPUTE: tuple[Stage, ...] = (Pretrain(), Reconstruct(), Probe(), Finetune(), Segment())  # the report comes last
+
+
+def selected(cfg: BenchConfig) -> list[str]:
+    """The names of the stages this configuration runs, in order (the report last)."""
+    return [n for n in (*(s.name for s in COMPUTE), "report") if not cfg.stages or n in cfg.stages]
+
+
+def stage_key(out: Path, name: str) -> str | None:
+    """The key of a stage that finished in `out`, or None."""
+    done = out / name / "stage.json"
+    return read_json(done, "a bench stage record")["key"] if done.is_file() else None

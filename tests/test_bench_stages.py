@@ -1,0 +1,133 @@
+"""The bench's stages: registered once, every bad value refused when the preset is read (before any stage runs),
+and an --out the bench did not write is never touched."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli.bench.config import load_preset
+from cli.bench.run import BY_NAME, STAGES, estimate, validate
+from cli.bench.stages import COMPUTE, selected
+from cli.main import main
+from minr.errors import MinrError
+
+
+def test_every_stage_is_registered_once_in_order():
+    names = [s.name for s in STAGES]
+    assert names == ["pretrain", "reconstruct", "probe", "finetune", "segment", "report"]
+    assert len(set(names)) == len(names) and set(BY_NAME) == set(names)
+    assert all(s.does for s in STAGES) and [s.name for s in COMPUTE] == names[:-1]
+    assert selected(load_preset("quick")) == names
+    assert selected(load_preset("quick", stages=("report", "pretrain"))) == ["pretrain", "report"]
+
+
+# (--set or option, what the one-line error must say); every row is refused at --dry-run, before anything runs
+BAD = [
+    (["--set", "probe.seeds=0"], "--seeds must be >= 1"),
+    (["--set", "probe.epochs=0"], "--epochs must be >= 1"),
+    (["--set", "probe.mask_ratios=[1.0]"], "--mask-ratios must lie in [0, 1)"),
+    (["--set", "probe.max_images=0"], "data.max_images must be positive"),
+    (["--set", "finetune.batch_size=-1"], "--batch-size must be >= 1"),
+    (["--set", "finetune.epochs=0"], "--epochs must be >= 1"),
+    (["--set", "finetune.seeds=0"], "--seeds must be >= 1"),
+    (["--set", "segment.frozen.max_steps=0"], "--max-steps must be >= 1"),
+    (["--set", "segment.full.batch_size=0"], "--batch-size must be >= 1"),
+    (["--set", "segment.backbones=[pixelz]"], "--backbone"),
+    (["--set", "segment.scenes_val=0"], "segment.scenes_val must be positive"),
+    (["--set", "reconstruct.mask_ratios=[1.5]"], "--mask-ratios must lie in (0, 1)"),
+    (["--set", "reconstruct.mask_kinds=[stripes]"], "unknown kind 'stripes'"),
+    (["--set", "reconstruct.split=dev"], "--split must be train, val or test"),
+    (["--set", "reconstruct.max_images=0"], "--max-images must be >= 1"),
+    (["--set", "pretrain.steps=0"], "pretrain.steps must be positive"),
+    (["--set", "pretrain.batch_size=0"], "pretrain.batch_size must be positive"),
+    (["--set", "pretrain.curve=[2]"], "pretrain.curve fractions must lie in [0, 1]"),
+    (["--set", "pretrain.set={optim.lr: -1}"], "optim.lr must be a positive finite number"),
+    (["--set", "pretrain.set={train.log: paper}"], "train.log must be csv or tensorboard"),
+    (["--set", "pretrain.extra=[{name: a, model: vit}]"], "unknown model 'vit'"),
+    (["--set", "pretrain.extra=[{name: a, model: ginr_tiny}, {name: a, model: mae_tiny}]"], "two runs are named 'a'"),
+    (["--set", "pretrain.extra=[3]"], "each run is a mapping"),
+    (["--set", "probe.dataset=null"], "needs --set probe.dataset=NAME"),
+    (["--set", "probe.seeds=two"], "probe.seeds"),
+    (["--set", "train.batch_size=8"], "`minrctl bench --preset quick --dry-run`"),
+    (["--models", "mae_tiny,mae_tiny"], "--models names 'mae_tiny' twice"),
+    (["--stages", "probe,probe"], "--stages names 'probe' twice"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_bench_values_are_refused_before_any_stage(args, message, tmp_path):
+    out = tmp_path / "b"
+    for dry in (["--dry-run"], []):
+        r = CliRunner().invoke(main, ["bench", "--preset", "quick", "--out", str(out), *args, *dry])
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 2 and len(lines) == 1 and message in lines[0], r.output
+        assert not out.exists()  # refused before the bench wrote anything
+
+
+def test_out_the_bench_did_not_write_is_refused_and_kept(tmp_path):
+    mine = tmp_path / "x"
+    (mine / "report").mkdir(parents=True)
+    (mine / "report" / "notes.txt").write_text("keep me")
+    (mine / "pretrain" / "myrun").mkdir(parents=True)
+    for stages in ("report", "pretrain"):
+        r = CliRunner().invoke(main, ["bench", "--out", str(mine), "--stages", stages])
+        assert r.exit_code == 2 and "no bench record" in r.output and "choose another --out" in r.output, r.output
+    assert (mine / "report" / "notes.txt").read_text() == "keep me" and (mine / "pretrain" / "myrun").is_dir()
+    r = CliRunner().invoke(main, ["bench", "--out", "", "--stages", "report"])
+    assert r.exit_code == 2 and "--out must name a folder" in r.output
+    (tmp_path / "f").write_text("a file")
+    r = CliRunner().invoke(main, ["bench", "--out", str(tmp_path / "f"), "--dry-run"])
+    assert r.exit_code == 2 and "is a file" in r.output and (tmp_path / "f").read_text() == "a file"
+
+
+def test_a_bench_folder_with_foreign_files_is_refused(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    cfg = load_preset("quick")
+    (out / "bench.json").write_text(json.dumps({"config": json.loads(json.dumps(dataclasses.asdict(cfg)))}))
+    (out / "thesis.tex").write_text("mine")
+    r = CliRunner().invoke(main, ["bench", "--out", str(out), "--stages", "report"])
+    assert r.exit_code == 2 and "thesis.tex, which the bench did not write" in r.output
+    (out / "thesis.tex").unlink()
+    (out / "report").mkdir()
+    (out / "report" / "draft.md").write_text("mine")  # a stage folder without the bench's record
+    r = CliRunner().invoke(main, ["bench", "--out", str(out), "--stages", "report"])
+    assert r.exit_code == 2 and "was not written by the bench" in r.output
+    assert (out / "report" / "draft.md").read_text() == "mine"
+
+
+def test_report_of_nothing_is_refused(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--out", str(tmp_path / "e"), "--stages", "report"])
+    assert r.exit_code == 2 and "holds no finished stage to report on" in r.output, r.output
+    assert not (tmp_path / "e" / "report.md").exists()
+
+
+def test_time_estimate_follows_the_configured_work():
+    quick = load_preset("quick")
+    small = validate(
+        load_preset(
+            "quick",
+            {
+                "pretrain.steps": 3,
+                "probe.max_images": 200,
+                "probe.curve_max_images": 100,
+                "segment.frozen.max_steps": 3,
+            },
+        )
+    )
+    for name, ratio in (("pretrain", 3 / 150), ("reconstruct", 1.0)):
+        stage = BY_NAME[name]
+        assert estimate(small, stage) == pytest.approx(quick.expected_s[name] * ratio)
+    assert estimate(small, BY_NAME["probe"]) < estimate(quick, BY_NAME["probe"]) / 5
+    assert estimate(small, BY_NAME["segment"]) < estimate(quick, BY_NAME["segment"])
+    one = load_preset("quick", models=("ginr_tiny",))
+    assert estimate(one, BY_NAME["pretrain"]) == pytest.approx(quick.expected_s["pretrain"] / 3)  # one of three
+
+
+def test_library_errors_name_the_bench_keys():
+    with pytest.raises(MinrError, match="minrctl bench --preset cpu-full --dry-run"):
+        load_preset("cpu-full", {"train.max_steps": 3})
