@@ -22,12 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from minr.build import default_config
-from minr.config import MaskConfig
+from minr.flops import flops_per_image, pixel_index, random_batch
 from minr.loop import apply_gradients
-from minr.masking import make_masks
 from minr.models import create_model
 
 TINY = ("ginr_tiny", "transinr_tiny", "mae_tiny")
@@ -132,22 +130,6 @@ def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def random_batch(model, batch: int, device: torch.device, patch: int):
-    size, chans = model.image_size, model.in_chans
-    x = torch.rand(batch, chans, size, size, device=device)
-    mask = make_masks(range(batch), MaskConfig(ratio=0.75, patch=patch), size, seed=0, salt="speed").to(device)
-    return x, mask, patch
-
-
-def _pixels(model, device: torch.device, render_fraction: float) -> dict[str, torch.Tensor]:
-    """The forward's extra argument for rendering a random fraction of the pixels (MINR's fast option)."""
-    if render_fraction >= 1:
-        return {}
-    n = model.image_size**2
-    g = torch.Generator().manual_seed(0)
-    return {"pixel_index": torch.randperm(n, generator=g)[: max(1, int(n * render_fraction))].to(device)}
-
-
 def train_step_fn(
     model, patch: int, batch: int, device: torch.device, *, autocast: bool, render_fraction: float = 1.0
 ) -> Callable[[], None]:
@@ -155,7 +137,7 @@ def train_step_fn(
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     x, mask, patch = random_batch(model, batch, device, patch)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    extra = _pixels(model, device, render_fraction)
+    extra = pixel_index(model, device, render_fraction)
 
     def step() -> None:
         with ctx:
@@ -164,16 +146,6 @@ def train_step_fn(
         apply_gradients(model, opt, loss)
 
     return step
-
-
-def flops_per_image(model, patch: int, device: torch.device, render_fraction: float = 1.0) -> float:
-    """Counted FLOPs of one training forward + backward at batch 2, per image."""
-    x, mask, patch = random_batch(model, 2, device, patch)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        model(x, mask, patch, **_pixels(model, device, render_fraction)).loss.backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / 2
 
 
 def timed(fn: Callable[[], None], device: torch.device, steps: int) -> float:
