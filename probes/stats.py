@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.stats import binomtest, wilcoxon
@@ -96,14 +96,18 @@ def minr_vs_mae(
 ) -> list[Paired]:
     """Every MINR entry against every MAE entry: `entries` are (name, family, per-item values). With `groups` (one
     per entry), only entries of the same group are compared, e.g. checkpoints at the same pretraining step."""
-    group = list(groups) if groups is not None else [None] * len(entries)
     return [
-        compare(na, va, nb, vb, method=method, metric=metric)
-        for (na, fa, va), ga in zip(entries, group, strict=True)
-        if fa == "minr"
-        for (nb, fb, vb), gb in zip(entries, group, strict=True)
-        if fb == "mae" and ga == gb
+        compare(na, va, nb, vb, method=method, metric=metric) for na, va, nb, vb in _minr_mae_pairs(entries, groups)
     ]
+
+
+def _minr_mae_pairs(entries: Sequence[tuple[str, str, Any]], groups: Sequence[object] | None):
+    """(MINR name, its values, MAE name, its values) for every MINR x MAE pair of the same group."""
+    group = list(groups) if groups is not None else [None] * len(entries)
+    for (na, fa, va), ga in zip(entries, group, strict=True):
+        for (nb, fb, vb), gb in zip(entries, group, strict=True):
+            if fa == "minr" and fb == "mae" and ga == gb:
+                yield na, va, nb, vb
 
 
 # -- several pretraining seeds ----------------------------------------------------------------------------------
@@ -180,9 +184,25 @@ def seed_level(
         diff + half,
         tuple(float(m) for m in means),
         agree,
-        df,
+        float(df),
         "crossed" if shared_items else "nested",
     )
+
+
+def minr_vs_mae_seeds(
+    entries: Sequence[tuple[str, str, Sequence[np.ndarray]]],
+    *,
+    method: str,
+    metric: str,
+    groups: Sequence[object] | None = None,
+    shared_items: bool = True,
+) -> list[SeedLevel]:
+    """`minr_vs_mae` over pretraining seeds: `entries` are (name, family, per-seed per-item values), the seeds in
+    the same order for every entry (seed s of a MINR model shares masks and data order with seed s of MAE)."""
+    return [
+        seed_level(na, va, nb, vb, method=method, metric=metric, shared_items=shared_items)
+        for na, va, nb, vb in _minr_mae_pairs(entries, groups)
+    ]
 
 
 class _Resampled(NamedTuple):

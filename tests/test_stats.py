@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probes.stats import _item_means, paired_bootstrap, seed_level
+from probes.stats import _item_means, minr_vs_mae_seeds, paired_bootstrap, seed_level
 
 TRUE = 0.3
 
@@ -120,3 +120,15 @@ def test_mismatched_inputs_are_refused():
         seed_level("a", [x, x], "b", [x, x[:5]], method="m", metric="x")
     with pytest.raises(ValueError, match="same items under every seed"):
         seed_level("a", [x, x[:5]], "b", [x, x[:5]], method="m", metric="x")
+
+
+def test_every_minr_model_against_every_mae_model_over_seeds():
+    rng = np.random.default_rng(7)
+    mae = [rng.normal(0, 1, 100) for _ in range(3)]
+    ginr = [x + 1 for x in mae]
+    entries = [("ginr", "minr", ginr), ("mae", "mae", mae), ("transinr", "minr", [x - 1 for x in mae])]
+    rows = minr_vs_mae_seeds(entries, method="linear", metric="psnr")
+    assert [(r.a, r.b, r.seeds) for r in rows] == [("ginr", "mae", 3), ("transinr", "mae", 3)]
+    assert rows[0].diff == pytest.approx(1) and rows[1].diff == pytest.approx(-1)
+    steps = minr_vs_mae_seeds(entries[:2] * 2, method="m", metric="x", groups=[0, 0, 9, 9])
+    assert [(r.a, r.b) for r in steps] == [("ginr", "mae")] * 2  # only within a group
