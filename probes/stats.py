@@ -156,13 +156,14 @@ def seed_level(
     An item bootstrap of one seed, or of the seeds pooled, sees only the second and calls seed noise an effect.
     Here each of `n` resamples draws the seeds with replacement and then the items: with `shared_items` (every
     seed scored on the same test set, item i the same image in every seed) one item resample serves all seeds,
-    the two-way "pigeonhole" bootstrap of crossed designs (Owen 2007) -- an image that favours a under every seed
-    is one observation, not one per seed; otherwise each resampled seed gets its own item resample (nested). The
-    interval is the estimate +- t * the resamples' standard deviation, with Welch-Satterthwaite degrees of freedom
-    from the seed and item parts: with 3-5 seeds the resamples' percentiles cannot reach past the spread of the
-    seeds' own means, and cover 88% of true differences when the seed part dominates; the t quantile (4.3 at 2
-    degrees of freedom) gives 95-97% in every setting of tests/test_stats.py. With one seed the interval is that
-    run's item interval and `established` stays False: it speaks of one pretraining run, not of the method.
+    the two-way "pigeonhole" bootstrap of crossed designs (Owen 2007; mildly conservative, it counts the seed x
+    item noise more than once) -- an image that favours a under every seed is one observation, not one per seed;
+    otherwise each resampled seed gets its own item resample (nested). The interval is the estimate +- t * the
+    resamples' standard deviation, with Welch-Satterthwaite degrees of freedom from the seed and item parts: with
+    3-5 seeds the resamples' percentiles cannot reach past the spread of the seeds' own means, and cover 88% of
+    true differences when the seed part dominates; the t quantile (4.3 at 2 degrees of freedom) gives 95-98% in
+    every setting of tests/test_stats.py. With one seed the interval is that run's item interval and `established`
+    stays False: it speaks of one pretraining run, not of the method.
     """
     diffs, rng = _seed_diffs(a, b), np.random.default_rng(seed)
     boot, means, item_part, n_items = (_crossed if shared_items else _nested)(diffs, n, rng)
