@@ -61,7 +61,7 @@ def predict(model: EncoderClassifier, data, device: torch.device, batch_size: in
 def settings(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings that shape every run (not which checkpoints, how many seeds or where it runs)."""
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "seeds", "device"):
+    for k in ("ckpts", "names", "groups", "seeds", "device"):
         d.pop(k)
     return d
 
@@ -159,8 +159,9 @@ def run_finetune(
     out, t0 = Path(out_dir), time.perf_counter()
     with locked_dir(out):
         entries, runs, taken = [], {}, set()
+        given = dict(zip(cfg.ckpts, cfg.names, strict=False))
         for ckpt in cfg.ckpts:
-            name, family = run_name(ckpt, taken)
+            name, family = run_name(ckpt, taken, given.get(ckpt))
             runs[name] = [
                 finetune_one(cfg, ckpt, s, out / name.replace("/", "_") / f"seed{s}", resume=resume, progress=progress)
                 for s in range(cfg.seeds)
@@ -184,6 +185,7 @@ def run_finetune(
             [(e.name, e.family, runs[e.name][0].predictions == labels) for e in entries],
             method="finetune",
             metric="accuracy",
+            groups=list(cfg.groups) or None,
         )
         results = FinetuneResults(
             task="classification",

@@ -21,6 +21,8 @@ class TrainingSettings:
     """What fine-tuning and segmentation share: the checkpoints, AdamW with layer decay, warm-up, seeds, device."""
 
     ckpts: tuple[str, ...]
+    names: tuple[str, ...] = ()  # display names of the checkpoints (default: their model names)
+    groups: tuple[str, ...] = ()  # one per checkpoint: MINR and MAE are paired only within a group (default: one)
     max_steps: int | None = None
     batch_size: int = 64
     lr: float = 2e-3
@@ -34,6 +36,11 @@ class TrainingSettings:
     def __post_init__(self) -> None:
         if not self.ckpts:
             raise MinrError("give at least one --ckpt")
+        for what in ("names", "groups"):
+            if getattr(self, what) and len(getattr(self, what)) != len(self.ckpts):
+                raise MinrError(f"{len(getattr(self, what))} {what} for {len(self.ckpts)} checkpoints")
+        if len(set(self.names)) != len(self.names):
+            raise MinrError("two checkpoints have the same name")
         for name in ("batch_size", "seeds", *(("max_steps",) if self.max_steps is not None else ())):
             if getattr(self, name) < 1:
                 raise MinrError(f"{_option(name)} must be >= 1, got {getattr(self, name)}")

@@ -64,9 +64,11 @@ class FinetuneResults:
     dataset: str | None = None
 
 
-def run_name(ckpt: str, taken: set[str]) -> tuple[str, str]:
-    """A short unique name for a checkpoint and its family."""
-    return short_name(ckpt, taken), read_meta(ckpt)["family"]
+def run_name(ckpt: str, taken: set[str], given: str | None = None) -> tuple[str, str]:
+    """A short unique name for a checkpoint (`given`, else its model's) and its family."""
+    if given:
+        taken.add(given)
+    return given or short_name(ckpt, taken), read_meta(ckpt)["family"]
 
 
 def _columns(results: FinetuneResults) -> tuple[list[str], list[list[str]]]:

@@ -81,7 +81,7 @@ def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "seeds", "device", "backbones"):
+    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones"):
         d.pop(k)
     return d
 

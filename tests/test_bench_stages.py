@@ -131,3 +131,35 @@ def test_time_estimate_follows_the_configured_work():
 def test_library_errors_name_the_bench_keys():
     with pytest.raises(MinrError, match="minrctl bench --preset cpu-full --dry-run"):
         load_preset("cpu-full", {"train.max_steps": 3})
+
+
+@pytest.mark.slow
+def test_seeds_and_equal_flops_arm(tmp_path, fashion_small):
+    """Two pretraining seeds and the equal-compute arm: every run exists, MAE's matched run has more steps, and
+    the report compares MINR with MAE over seeds at both budgets."""
+    from tests.test_bench import tiny
+
+    out = tmp_path / "s"
+    sets = ["--set", "pretrain.seeds=2", "--set", "pretrain.equal_flops=true", "--stages", "pretrain,probe,report"]
+    r = CliRunner().invoke(main, ["bench", "--preset", "quick", "--out", str(out), *tiny(str(fashion_small)), *sets])
+    assert r.exit_code == 0, r.output
+    runs = sorted(p.name for p in (out / "pretrain").iterdir() if p.is_dir())
+    assert runs == sorted(
+        [
+            "ginr_tiny",
+            "mae_tiny",
+            "mae_tiny-flops-ginr_tiny",
+            "ginr_tiny-seed1",
+            "mae_tiny-seed1",
+            "mae_tiny-flops-ginr_tiny-seed1",
+        ]
+    )
+    steps = {n: json.loads((out / "pretrain" / n / "summary.json").read_text())["steps"] for n in runs}
+    assert steps["ginr_tiny"] == 4 and steps["mae_tiny-flops-ginr_tiny"] > 4 * 3  # MINR steps cost several MAE's
+    res = json.loads((out / "results.json").read_text())
+    got = {(c["metric"], c["arm"]) for c in res["seed_level"]}
+    assert got == {(m, a) for m in ("probe linear", "probe knn") for a in ("equal steps", "equal FLOPs")}
+    assert all(c["result"]["seeds"] == 2 and len(c["result"]["per_seed"]) == 2 for c in res["seed_level"])
+    md = (out / "report.md").read_text()
+    assert "## MINR - MAE over pretraining seeds" in md and "Over 2 pretraining seed(s)" in md
+    assert "ginr_tiny@init:" in md  # the randomly initialised encoders are in the probe table

@@ -38,6 +38,8 @@ class PretrainSettings:
     steps: int = 843  # bounds every run (the recipes' epochs do not)
     batch_size: int = 64
     seed: int = 0
+    seeds: int = 1  # pretraining seeds seed, seed+1, ...: init, data order and masks change, all models share each
+    equal_flops: bool = False  # also pretrain each cheaper model for the training FLOPs of each MINR model
     curve: tuple[float, ...] = (0.0, 0.1, 0.3, 1.0)  # fractions of the budget kept for the learning curve
     set: dict[str, Any] = field(default_factory=dict)  # overrides for every model
     extra: tuple[ExtraRun, ...] = ()
@@ -45,6 +47,7 @@ class PretrainSettings:
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"pretrain.steps must be positive, got {self.steps}")
         _check(self.batch_size > 0, f"pretrain.batch_size must be positive, got {self.batch_size}")
+        _check(self.seeds > 0, f"pretrain.seeds must be positive, got {self.seeds}")
         _check(
             all(0 <= f <= 1 for f in self.curve), f"pretrain.curve fractions must lie in [0, 1], got {list(self.curve)}"
         )
@@ -84,6 +87,7 @@ class FinetuneSettings:
     epochs: int = 2
     batch_size: int = 64
     seeds: int = 1
+    scratch: bool = False  # also fine-tune every architecture from its random initialisation (the control)
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,7 @@ class SegmentSettings:
     scenes_train: int = 2000
     scenes_val: int = 400
     backbones: tuple[str, ...] = ("tokens", "inr")
+    scratch: bool = False  # also train every architecture from its random initialisation (the control)
     frozen: SegmentRegime = field(default_factory=lambda: SegmentRegime(1500, 8))
     full: SegmentRegime = field(default_factory=lambda: SegmentRegime(200, 8))
 

@@ -163,6 +163,10 @@ def sections(res: BenchResults, recon_cfg) -> list[Table]:
                     analysis.headline(res.reconstruct.entries, recon_cfg, ds),
                 )
             )
+    if res.seed_level:
+        from cli.bench import seeds
+
+        out.append(("MINR - MAE over pretraining seeds", seeds.HEADERS, seeds.rows(res.seed_level)))
     if res.probe.main:
         from probes.report import ENTRY_HEADERS, entry_rows
 

@@ -3,11 +3,12 @@ verdict and results.json read. Nothing here reads a result file by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cli.bench.config import BenchConfig
+from cli.bench.seeds import SeedComparison, comparisons
 from cli.bench.stages import COMPUTE, Bench, PretrainRun, ProbeOutcome
 from minr.io import git_sha, read_json
 from minr.runtime import hardware
@@ -31,6 +32,7 @@ class BenchResults:
     segment: dict[str, Any]  # regime -> FinetuneResults | None
     git_sha: str
     hardware: dict[str, Any]
+    seed_level: list[SeedComparison] = field(default_factory=list)  # over pretraining seeds and both budget arms
 
     def has_any(self) -> bool:
         """Whether any stage left results to report."""
@@ -73,4 +75,5 @@ def gather(b: Bench) -> BenchResults:
         segment=loaded["segment"],
         git_sha=git_sha(),
         hardware=hardware(),
+        seed_level=comparisons(b),
     )

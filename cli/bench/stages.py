@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cli.bench.config import BenchConfig
 from minr.build import default_config
 from minr.config import DataConfig, PretrainConfig, to_dict
@@ -24,34 +26,106 @@ from minr.loop import kept_path
 from minr.typed import from_plain
 
 
+@dataclass(frozen=True)
+class Run:
+    """One pretraining run of the bench's models: its folder's name, its model, seed and step budget.
+    `matched_to` names the MINR model whose training FLOPs this run matches (the equal-compute arm)."""
+
+    name: str
+    model: str
+    seed: int
+    steps: int
+    matched_to: str | None = None
+
+
 class Bench:
-    """One bench run in `out`: where each stage's outputs are and which checkpoints each stage reads."""
+    """One bench run in `out`: its pretraining runs, where each stage's outputs are and which checkpoints each
+    stage reads."""
 
     def __init__(self, cfg: BenchConfig, out: Path, *, quiet: bool = True) -> None:
         self.cfg, self.out, self.quiet = cfg, out, quiet
+        self._runs: list[Run] | None = None
 
     def run_dir(self, name: str) -> Path:
         return self.out / "pretrain" / name
 
+    def ckpt(self, run: str, step: int | None = None) -> str:
+        final = self.run_dir(run) / "checkpoint.safetensors"
+        return str(final if step is None else kept_path(final, step))
+
+    def runs(self) -> list[Run]:
+        """Every model for every seed (seed 0 keeps the model's own name), then, with `equal_flops`, each cheaper
+        model for each MINR model's training FLOPs (counted once per model with torch's FLOP counter)."""
+        if self._runs is None:
+            p, out = self.cfg.pretrain, []
+            cost = _costs(self) if p.equal_flops else {}
+            for k in range(p.seeds):
+                seed, tag = p.seed + k, "" if k == 0 else f"-seed{p.seed + k}"
+                out += [Run(f"{m}{tag}", m, seed, p.steps) for m in self.cfg.models]
+                for target, (family, flops) in cost.items():
+                    for m, (_, f) in cost.items():
+                        if family == "minr" and f < flops:
+                            steps = round(p.steps * flops / f)
+                            out.append(Run(f"{m}-flops-{target}{tag}", m, seed, steps, matched_to=target))
+            self._runs = out
+        return self._runs
+
     def final(self) -> list[str]:
-        return [str(self.run_dir(m) / "checkpoint.safetensors") for m in self.cfg.models]
+        return [self.ckpt(r.name) for r in self.runs()]
+
+    def names(self) -> list[str]:
+        return [r.name for r in self.runs()]
 
     def extras(self) -> list[str]:
-        return [str(self.run_dir(e.name) / "checkpoint.safetensors") for e in self.cfg.pretrain.extra]
+        return [self.ckpt(e.name) for e in self.cfg.pretrain.extra]
 
     def curve(self) -> list[tuple[str, int, str]]:
-        """(model, step, checkpoint) of every kept checkpoint, for the learning curve."""
-        return [
-            (m, s, str(kept_path(self.run_dir(m) / "checkpoint.safetensors", s)))
-            for m in self.cfg.models
-            for s in self.cfg.pretrain.kept_steps()
-        ]
+        """(model, step, checkpoint) of every kept checkpoint of the first seed, for the learning curve."""
+        return [(m, s, self.ckpt(m, s)) for m in self.cfg.models for s in self.cfg.pretrain.kept_steps()]
+
+    def scratch(self) -> list[tuple[str, str]]:
+        """(name, checkpoint) of every architecture's random initialisation per seed (step 0 of its run): the
+        from-scratch controls."""
+        return [(f"{r.name}@init", self.ckpt(r.name, 0)) for r in self.runs() if r.matched_to is None]
+
+    def scratch_first(self) -> list[tuple[str, str]]:
+        """The random initialisations of the first seed's models."""
+        return [(f"{m}@init", self.ckpt(m, 0)) for m in self.cfg.models]
 
     def log(self, message: str) -> None:
         if not self.quiet:
             from minr.progress import console
 
             console.print(message)
+
+
+def _costs(b: Bench) -> dict[str, tuple[str, float]]:
+    """model -> (family, training FLOPs per image: one forward and backward of its own loss, counted)."""
+    from minr.flops import train_flops_per_image
+
+    return {m: (family(m), train_flops_per_image(cfg)) for m, cfg in Pretrain().base_configs(b).items()}
+
+
+def family(model: str) -> str:
+    """A registered model's family, from a model built on the meta device (no memory, no init)."""
+    import torch
+
+    from minr.models import create_model
+
+    with torch.device("meta"):
+        return create_model(model).family
+
+
+def _encoders(b: Bench, *, scratch: bool) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(names, checkpoints, groups) a downstream stage trains from: every run's final checkpoint and, as the
+    from-scratch control, every architecture's random initialisation per seed. Groups pair MINR with MAE within
+    a seed (and initialisations with initialisations)."""
+    rows = [(r.name, b.ckpt(r.name), f"seed{r.seed}") for r in b.runs()]
+    if scratch:
+        seed = {r.name: r.seed for r in b.runs()}
+        rows += [(n, c, f"init-seed{seed[n.split('@')[0]]}") for n, c in b.scratch()]
+    names, ckpts, groups = zip(*rows, strict=True)
+    return names, ckpts, groups
 
 
 def _hashes(ckpts: list[str]) -> list[str]:
@@ -97,30 +171,44 @@ class Stage:
         """Proportional to the stage's cost (the unit is the stage's own)."""
         return 1.0
 
+    def outcomes(self, b: Bench) -> dict[str, dict[str, np.ndarray]]:
+        """metric -> run name -> per-item values on the same items for every run (correct/wrong per test image,
+        per-image IoU or PSNR): what the seed-level comparisons resample. Empty when the stage has not run."""
+        return {}
+
 
 class Pretrain(Stage):
     name, does = "pretrain", "pretrain every model under one budget"
 
-    def configs(self, b: Bench) -> dict[str, PretrainConfig]:
-        """Every run's resolved config: the main models under one budget (steps bound them; the recipes' epochs do
-        not), then the extra runs."""
+    def _base(self, b: Bench) -> dict[str, Any]:
         p = b.cfg.pretrain
-        base = {
+        return {
             "data.name": _need(b.cfg, "pretrain", p.dataset),
             "data.root": p.data_root,
             "train.seed": p.seed,
             "train.max_steps": p.steps,
             "train.epochs": None,
             "train.batch_size": p.batch_size,
+            **p.set,
         }
-        runs = {
-            m: default_config(m, {**base, **p.set, "train.keep_checkpoints": list(p.kept_steps())})
-            for m in b.cfg.models
-        }
-        for e in p.extra:
-            runs[e.name] = default_config(
-                e.model, {**base, **p.set, **({"data.name": e.dataset} if e.dataset else {}), **e.set}
+
+    def base_configs(self, b: Bench) -> dict[str, PretrainConfig]:
+        """Each model's config under the shared budget (the first seed's run)."""
+        return {m: default_config(m, self._base(b)) for m in b.cfg.models}
+
+    def configs(self, b: Bench) -> dict[str, PretrainConfig]:
+        """Every run's resolved config: the bench's runs (steps bound them; the recipes' epochs do not; the first
+        seed keeps the learning curve's checkpoints, every run its initialisation), then the extra runs."""
+        p, base = b.cfg.pretrain, self._base(b)
+        runs = {}
+        for r in b.runs():
+            first = r.seed == p.seed and r.matched_to is None
+            keep = list(p.kept_steps()) if first else [0]
+            runs[r.name] = default_config(
+                r.model, {**base, "train.seed": r.seed, "train.max_steps": r.steps, "train.keep_checkpoints": keep}
             )
+        for e in p.extra:
+            runs[e.name] = default_config(e.model, {**base, **({"data.name": e.dataset} if e.dataset else {}), **e.set})
         return runs
 
     def inputs(self, b: Bench) -> dict[str, Any]:
@@ -133,10 +221,12 @@ class Pretrain(Stage):
             pretrain(cfg, b.run_dir(name), resume=True, progress=progress)
 
     def load(self, b: Bench) -> dict[str, PretrainRun | None]:
-        return {m: PretrainRun.read(b.run_dir(m) / "summary.json") for m in b.cfg.models}
+        return {n: PretrainRun.read(b.run_dir(n) / "summary.json") for n in b.names()}
 
     def work(self, cfg: BenchConfig) -> float:
-        return cfg.pretrain.steps * cfg.pretrain.batch_size * (len(cfg.models) + len(cfg.pretrain.extra))
+        p = cfg.pretrain
+        flops_arm = 6 * sum(1 for m in cfg.models if not m.startswith("mae")) if p.equal_flops else 0  # ~6x steps
+        return p.steps * p.batch_size * (p.seeds * (len(cfg.models) + flops_arm) + len(p.extra))
 
 
 @dataclass(frozen=True)
@@ -213,6 +303,7 @@ class Probe(Stage):
         dataset = _need(b.cfg, "probe", p.dataset)
         curve = b.curve()
         cache = str(b.out / self.name / "cache")
+        inits = [c for _, c in b.scratch_first()]  # the randomly initialised encoders, in the main table too
         return {
             "curve": ProbeConfig(
                 ckpts=tuple(k for *_, k in curve),
@@ -224,7 +315,9 @@ class Probe(Stage):
                 cache_dir=cache,
             ),
             "main": ProbeConfig(
-                ckpts=tuple(b.final()),
+                ckpts=tuple(b.final() + inits),
+                names=tuple(b.names() + [n for n, _ in b.scratch_first()]),
+                groups=tuple(f"seed{r.seed}" for r in b.runs()) + ("init",) * len(inits),  # pairs within a seed
                 data=DataConfig(name=dataset, root=root, max_images=p.max_images),
                 kinds=("all",),
                 seeds=p.seeds,
@@ -253,6 +346,23 @@ class Probe(Stage):
             *(_results(b.out / self.name / p / "results.json", ProbeResults) for p in ("curve", "main"))
         )
 
+    def outcomes(self, b: Bench) -> dict[str, dict[str, np.ndarray]]:
+        """Per test image, correct or not, of each run's kind chosen on validation (linear probe of the first probe
+        seed, and k-NN)."""
+        main = self.load(b).main
+        path = b.out / self.name / "main" / "predictions.npz"
+        if main is None or not path.is_file():
+            return {}
+        with np.load(path) as z:
+            labels, got = z["labels"], {k: z[k] for k in z.files}
+        out: dict[str, dict[str, np.ndarray]] = {"probe linear": {}, "probe knn": {}}
+        for run, ckpt in [(n, b.ckpt(n)) for n in b.names()] + b.scratch_first():
+            entry = main.best.get(ckpt)
+            for method, key in (("linear", "linear/seed0"), ("knn", "knn")):
+                if entry and f"{entry}|{key}" in got:
+                    out[f"probe {method}"][run] = got[f"{entry}|{key}"] == labels
+        return out
+
     def work(self, cfg: BenchConfig) -> float:
         p = cfg.probe
         n = len(cfg.models)
@@ -271,8 +381,9 @@ class Finetune(Stage):
         data = DataConfig(
             name=_need(b.cfg, "finetune", f.dataset), root=b.cfg.root("finetune"), max_images=f.max_images
         )
+        names, ckpts, groups = _encoders(b, scratch=f.scratch)
         return FinetuneConfig(
-            ckpts=tuple(b.final()), data=data, epochs=f.epochs, batch_size=f.batch_size, seeds=f.seeds
+            ckpts=ckpts, names=names, groups=groups, data=data, epochs=f.epochs, batch_size=f.batch_size, seeds=f.seeds
         )
 
     def inputs(self, b: Bench) -> dict[str, Any]:
@@ -288,6 +399,17 @@ class Finetune(Stage):
         from finetune.report import FinetuneResults
 
         return _results(b.out / self.name / "results.json", FinetuneResults)
+
+    def outcomes(self, b: Bench) -> dict[str, dict[str, np.ndarray]]:
+        """Per test image, the fraction of fine-tuning seeds that classify it right, for every run and control."""
+        res, path = self.load(b), b.out / self.name / "predictions.npz"
+        if res is None or not path.is_file():
+            return {}
+        with np.load(path) as z:
+            labels, got = z["labels"], {k: z[k] for k in z.files}
+        seeds = range(res.config["seeds"])
+        right = {e.name: np.mean([got[f"{e.name}|seed{s}"] == labels for s in seeds], 0) for e in res.entries}
+        return {"fine-tuning": right}
 
     def work(self, cfg: BenchConfig) -> float:
         f = cfg.finetune

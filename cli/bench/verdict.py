@@ -35,15 +35,12 @@ def at_headline(recon, cell) -> bool:
 
 
 def chosen_entries(probe) -> dict[str, object]:
-    """model -> its probe entry of the kind chosen on validation (the first checkpoint of a model, as listed)."""
+    """checkpoint name (a bench run: `ginr_tiny`, `ginr_tiny-seed1`, `ginr_tiny@init`) -> its probe entry of the
+    kind chosen on validation."""
     if probe is None:
         return {}
     by_name = {e.name: e for e in probe.entries}
-    out = {}
-    for name in probe.best.values():
-        e = by_name[name]
-        out.setdefault(e.model, e)
-    return out
+    return {name.rsplit(":", 1)[0]: by_name[name] for name in probe.best.values()}
 
 
 def headline_pairs(res: BenchResults) -> list[Comparison]:
@@ -62,7 +59,8 @@ def headline_pairs(res: BenchResults) -> list[Comparison]:
     best = set(probe.best.values()) if probe else set()
     for p in probe.paired if probe else []:
         if p.a in best and p.b in best:  # each encoder's chosen feature; every pair is in probe/main
-            pairs.append(Comparison(f"probe {p.method} (features chosen on val)", p, "pts", 100.0))
+            init = ", random init" if "@init" in p.a else ""
+            pairs.append(Comparison(f"probe {p.method} (features chosen on val{init})", p, "pts", 100.0))
     pairs += [Comparison("fine-tuning", p, "pts", 100.0) for p in (res.finetune.paired if res.finetune else [])]
     for regime, r in res.segment.items():
         for p in r.paired if r else []:
@@ -141,7 +139,8 @@ def _probe_sentences(probe) -> list[str]:
         return []
     out = []
     pixels = pixels_entry(probe)
-    chosen = [e for e in chosen_entries(probe).values() if e.family != "pixels" and e.linear]
+    trained = {n: e for n, e in chosen_entries(probe).items() if "@" not in n}  # not the random initialisations
+    chosen = [e for e in trained.values() if e.family != "pixels" and e.linear]
     if pixels and pixels.linear and chosen:
         best = max(chosen, key=lambda e: e.linear.val)  # the best encoder by validation accuracy too
         gap = 100 * (best.linear.mean - pixels.linear.mean)
@@ -159,9 +158,25 @@ def _probe_sentences(probe) -> list[str]:
     return out
 
 
+def seed_sentences(res: BenchResults) -> list[str]:
+    """One sentence per seed-level comparison: established only when its interval (seeds and items) excludes 0."""
+    out = []
+    for c in res.seed_level:
+        r, (scale, unit) = c.result, c.unit
+        word = ("better than" if r.diff > 0 else "worse than") if r.established else "not established against"
+        out.append(
+            f"Over {r.seeds} pretraining seed(s), {c.metric} at {c.arm}: {r.a} is {word} {r.b} "
+            f"({scale * r.diff:+.2f} {unit} [{scale * r.ci_low:+.2f}, {scale * r.ci_high:+.2f}]; "
+            f"{r.agree} of {r.seeds} seeds agree in sign)."
+        )
+    return out
+
+
 def verdict(res: BenchResults) -> list[str]:
-    """Sentences computed from the numbers: which differences are significant, whether any encoder beats pixels."""
-    out = [f"{c.what[0].upper()}{c.what[1:]}: {_compared(c)}." for c in headline_pairs(res)]
+    """Sentences computed from the numbers: the seed-level comparisons first (what decides), then which per-run
+    differences are significant, whether any encoder beats pixels."""
+    out = seed_sentences(res)
+    out += [f"{c.what[0].upper()}{c.what[1:]}: {_compared(c)}." for c in headline_pairs(res)]
     out += _robustness(res)
     out += _probe_sentences(res.probe.main)
     if res.probe.curve:
