@@ -202,8 +202,8 @@ def _plural(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A value as the user wrote it (YAML), cut short."""
-    text = "null" if value is None else repr(value)
+    """A value much as the user wrote it (YAML's null, true and false), cut short."""
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -87,7 +87,7 @@ def print_table(
     console = console or default_console
     if not console.is_terminal:
         text = (f"{title}\n\n" if title else "") + markdown_table(headers, rows)
-        console.out(text, end="", highlight=False)
+        console.out(text, highlight=False)  # a blank line after, so that tables in a row stay apart
         return
     console.print(rich_table(headers, rows, title=title, width=console.width))
 
