@@ -271,6 +271,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**{name: _coerce(value, hints[name], prefix + name) for name, value in data.items()})
 
 
+ALL_KEYS = "see `minrctl pretrain --dry-run` for every key"  # the bench names its own command instead
+
+
 def _field(cls: type, key: str) -> tuple[list[str], Any]:
     """The path in `to_dict(cfg)` and the declared type of dotted `key`: fields of nested dataclasses, then (inside
     a dict-typed field such as `model_args`) one key holding the rest, dots included."""
@@ -279,12 +282,14 @@ def _field(cls: type, key: str) -> tuple[list[str], Any]:
         if not dataclasses.is_dataclass(tp):
             if typing.get_origin(tp) is dict:
                 return [*path, ".".join(parts)], typing.get_args(tp)[1]
-            raise MinrError(f"unknown config key {key!r}: {'.'.join(path)} is a single value, not a section")
+            raise MinrError(
+                f"unknown config key {key!r}: {'.'.join(path)} is a single value, not a section; {ALL_KEYS}"
+            )
         hints, part = typing.get_type_hints(tp), parts.pop(0)
         if part not in hints:
             where = f"in {'.'.join(path)}" if path else "at the top"
             valid = ", ".join(f.name for f in dataclasses.fields(tp))
-            raise MinrError(f"unknown config key {key!r}; the keys {where} are {valid}")
+            raise MinrError(f"unknown config key {key!r}; the keys {where} are {valid} ({ALL_KEYS})")
         path.append(part)
         tp = hints[part]
     return path, tp
