@@ -14,6 +14,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from minr.config import MAX_INT
 from minr.errors import MinrError
 from minr.progress import console
 
@@ -68,6 +69,36 @@ def main() -> None:
 
 
 # -- shared options -------------------------------------------------------------------------------------------
+class LazyHelpOption(click.Option):
+    """An option whose help text is a function, called only when the help is shown: texts that come from the model
+    registry or the fine-tuning configs would otherwise import torch for every command, `--help` included."""
+
+    def __init__(self, *args: Any, help: str | Callable[[], str] | None = None, **kwargs: Any) -> None:  # noqa: A002
+        self._help_from = help if callable(help) else None
+        super().__init__(*args, help=None if callable(help) else help, **kwargs)
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        if self._help_from is not None:
+            self.help, self._help_from = self._help_from(), None
+        return super().get_help_record(ctx)
+
+
+def lazy_option(*decls: str, help: Callable[[], str], **kwargs: Any) -> Callable:  # noqa: A002
+    """`click.option` with a help text computed when `--help` is shown (see `LazyHelpOption`)."""
+    return click.option(*decls, cls=LazyHelpOption, help=help, **kwargs)
+
+
+def kinds_help(suffix: str = "") -> Callable[[], str]:
+    """The `--kind` help text (every model class's feature kinds), as a function for `lazy_option`."""
+
+    def text() -> str:
+        from probes.features import kinds_help as registry_kinds
+
+        return registry_kinds() + suffix
+
+    return text
+
+
 def _stack(*decorators: Callable) -> Callable:
     def apply(f):
         for d in reversed(decorators):
@@ -97,6 +128,7 @@ ckpts_option = click.option(
 )
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+SEED = click.IntRange(0, MAX_INT)  # what torch and numpy generators take
 
 
 def run_options(*, resume: bool) -> Callable:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from cli.app import (
+    SEED,
     ckpts_option,
     config_from,
     console,
@@ -13,13 +16,14 @@ from cli.app import (
     device_option,
     field_default,
     floats,
+    kinds_help,
+    lazy_option,
     main,
     quiet_option,
     refuse_inapplicable,
     run_options,
 )
 from minr.errors import MinrError
-from probes.features import kinds_help
 
 MASK_KINDS = click.Choice(["random", "bernoulli", "block"])
 
@@ -28,7 +32,7 @@ MASK_KINDS = click.Choice(["random", "bernoulli", "block"])
 @click.argument("ckpt")
 @data_options()
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", show_default=True)
-@click.option("--kind", default=None, help=kinds_help())
+@lazy_option("--kind", default=None, help=kinds_help())
 @click.option("--layer", type=int, default=-1, show_default=True, help="Block index (negative counts from the end).")
 @click.option("--mask-ratio", type=float, default=0.0, show_default=True, help="Test-time masking of the input.")
 @click.option("--mask-kind", type=MASK_KINDS, default="random", show_default=True)
@@ -62,7 +66,7 @@ def extract_cmd(
 @click.option("--task", type=click.Choice(["classification"]), default="classification", show_default=True)
 @ckpts_option
 @data_options()
-@click.option("--kind", "kinds", multiple=True, help=kinds_help() + " Repeat, or `all` for every kind.")
+@lazy_option("--kind", "kinds", multiple=True, help=kinds_help(" Repeat, or `all` for every kind."))
 @click.option("--method", "methods", multiple=True, type=click.Choice(["linear", "knn"]), help="Default: both.")
 @click.option("--seeds", type=int, default=3, show_default=True, help="Linear-probe seeds (mean ± std).")
 @click.option("--solver", type=click.Choice(["torch", "sklearn"]), default="torch", show_default=True)
@@ -104,36 +108,41 @@ def _finetune_configs():
     return {"classification": FinetuneConfig, "segmentation": SegConfig}
 
 
-def _default(name: str) -> str:
-    """'[default: X]', or per task where the tasks differ."""
-    configs = _finetune_configs()
-    values = {t: field_default(c, name) for t, c in configs.items() if name in {f for f in c.__dataclass_fields__}}
-    if len(set(map(str, values.values()))) == 1:
-        return f"[default: {next(iter(values.values()))}]"
-    return "[default: " + ", ".join(f"{v} ({t})" for t, v in values.items()) + "]"
+def _default(name: str, before: str = "") -> Callable[[], str]:
+    """The help text `before` + '[default: X]', or per task where the tasks differ; a function for `lazy_option`
+    (the fine-tuning configs import torch)."""
+
+    def text() -> str:
+        configs = _finetune_configs()
+        values = {t: field_default(c, name) for t, c in configs.items() if name in c.__dataclass_fields__}
+        if len(set(map(str, values.values()))) == 1:
+            default = f"[default: {next(iter(values.values()))}]"
+        else:
+            default = "[default: " + ", ".join(f"{v} ({t})" for t, v in values.items()) + "]"
+        return f"{before} {default}" if before else default
+
+    return text
 
 
 @main.command("finetune")
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), required=True)
 @ckpts_option
 @data_options(default=None)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help=f"Classification. {_default('epochs')}")
-@click.option(
+@lazy_option("--epochs", type=click.IntRange(min=1), default=None, help=_default("epochs", "Classification."))
+@lazy_option(
     "--max-steps",
     type=click.IntRange(min=1),
     default=None,
-    help=f"Stop each run after N steps. {_default('max_steps')}",
+    help=_default("max_steps", "Stop each run after N steps."),
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help=_default("batch_size"))
-@click.option("--lr", type=float, default=None, help=f"Base learning rate (head; blocks decay). {_default('lr')}")
-@click.option("--weight-decay", type=float, default=None, help=_default("weight_decay"))
-@click.option("--layer-decay", type=float, default=None, help=_default("layer_decay"))
-@click.option("--drop-path", type=float, default=None, help=_default("drop_path"))
-@click.option("--label-smoothing", type=float, default=None, help=f"Classification. {_default('label_smoothing')}")
-@click.option("--mixup", type=float, default=None, help=f"Classification: Mixup alpha (0 = off). {_default('mixup')}")
-@click.option(
-    "--cutmix", type=float, default=None, help=f"Classification: CutMix alpha (0 = off). {_default('cutmix')}"
-)
+@lazy_option("--batch-size", type=click.IntRange(min=1), default=None, help=_default("batch_size"))
+@lazy_option("--lr", type=float, default=None, help=_default("lr", "Base learning rate (head; blocks decay)."))
+@lazy_option("--weight-decay", type=float, default=None, help=_default("weight_decay"))
+@lazy_option("--layer-decay", type=float, default=None, help=_default("layer_decay"))
+@lazy_option("--drop-path", type=float, default=None, help=_default("drop_path"))
+@lazy_option("--label-smoothing", type=float, default=None, help=_default("label_smoothing", "Classification."))
+@lazy_option("--mixup", type=float, default=None, help=_default("mixup", "Classification: Mixup alpha (0 = off)."))
+@lazy_option("--cutmix", type=float, default=None, help=_default("cutmix", "Classification: CutMix alpha (0 = off)."))
 @click.option("--trainable-blocks", type=int, default=None, help="Classification: only the last N blocks train.")
 @click.option("--kind", default=None, help="Classification: the token pooling (default: the encoder's own).")
 @click.option(
@@ -198,7 +207,7 @@ def data_group() -> None:
 @click.option("--n-train", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--n-val", type=click.IntRange(min=1), default=400, show_default=True)
 @click.option("--size", type=int, default=56, show_default=True, help="Canvas side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
 def make_scenes_cmd(out, n_train, n_val, size, seed, data_root) -> None:
     """Segmentation scenes of 2-4 Fashion-MNIST garments, in mmseg's img_dir/ann_dir layout."""

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
-from cli.app import console, device_option, floats, main, quiet_option
+from cli.app import SEED, console, device_option, floats, main, quiet_option
 from minr.config import parse_set, to_yaml
 from probes.tables import print_table
 
@@ -16,6 +15,8 @@ from probes.tables import print_table
 @main.command("models")
 def models_cmd() -> None:
     """List the registered models with their parameter counts."""
+    import torch
+
     from minr.models import create_model, get_spec, list_models
 
     rows = []
@@ -35,13 +36,15 @@ def models_cmd() -> None:
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's recipe).")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps (smoke runs).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size (default: the preset's recipe).")
-@click.option("--seed", type=int, default=None, help="Seed for data order, masks and initialisation.")
+@click.option("--seed", type=SEED, default=None, help="Seed for data order, masks and initialisation.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override, e.g. mask.ratio=0.6.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (with a warning) instead of stopping.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option(
+    "--dry-run", is_flag=True, help="Run every check the run makes before it starts, print the resolved config, exit."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def pretrain_cmd(
     model_name,
@@ -60,8 +63,9 @@ def pretrain_cmd(
     quiet,
 ) -> None:
     """Pretrain a MINR hypernetwork or MAE; writes checkpoint, metrics.csv, config.yaml and summary.json."""
+    sets = parse_set(sets)  # a malformed --set is refused before torch is imported
     from minr.build import default_config
-    from minr.train import pretrain
+    from minr.train import prepare, pretrain
 
     opts = {
         "data.name": dataset,
@@ -74,9 +78,10 @@ def pretrain_cmd(
         "data.skip_bad_images": skip_bad_images or None,
     }
     overrides = {k: v for k, v in opts.items() if v is not None}
-    overrides.update(parse_set(sets))
+    overrides.update(sets)
     cfg = default_config(model_name, overrides)
     if dry_run:
+        prepare(cfg, out, resume=resume)  # the checks the run makes before it starts (device, model, data, --out)
         click.echo(to_yaml(cfg), nl=False)
         return
     summary = pretrain(cfg, out, resume=resume, progress=not quiet)
@@ -146,7 +151,7 @@ def to_yaml_dict(d: dict) -> str:
 )
 @click.option("--mask-kinds", default=None, help="Comma-separated: random, block, bernoulli. [default: all three]")
 @click.option("--max-images", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation masks.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation masks.")
 @click.option("--no-floors", is_flag=True, help="Leave out the floors (mean image, nearest visible pixel, inpainting).")
 @click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of the grids.")
 @click.option(

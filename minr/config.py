@@ -6,6 +6,7 @@ applied with `apply_overrides`. Every run directory stores the resolved config a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -18,6 +19,7 @@ import yaml
 from minr.errors import MinrError
 
 MASK_KINDS = ("random", "bernoulli", "block")
+MAX_INT = 2**63 - 1  # the largest integer a config holds (seeds, counts): what torch, numpy and JSON readers take
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -122,6 +124,7 @@ class TrainConfig:
             self.epochs is not None or self.max_steps is not None,
             "train.epochs is null, so train.max_steps must bound the run; set one of them",
         )
+        _check(0 <= self.seed <= MAX_INT, f"train.seed must be in [0, 2^63-1], got {self.seed}")
         _check(
             all(isinstance(s, int) and s >= 0 for s in self.keep_checkpoints),
             f"train.keep_checkpoints must be steps >= 0, got {list(self.keep_checkpoints)}",
@@ -179,79 +182,153 @@ def to_yaml(cfg: Any) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def type_name(tp: Any) -> str:
+    """A field's declared type in words: `int | None` -> "an integer or null"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])}"
+        return f"a list of {len(args)} {_plural(args[0])}" if len(set(args)) == 1 else f"a list of {len(args)} values"
+    if dataclasses.is_dataclass(tp) or origin is dict:
+        return "a mapping"
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", bool: "booleans", str: "strings"}.get(tp, "values")
+
+
+def _show(value: Any) -> str:
+    """A value much as the user wrote it (YAML's null, true and false), cut short."""
+    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _wrong(key: str, tp: Any, value: Any) -> MinrError:
+    return MinrError(f"{key}: expected {type_name(tp)}, got {_show(value)}")
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a parsed YAML value to the annotated field type, or explain what was expected."""
+    """Convert a parsed YAML value to the field's declared type, or a one-line error naming the key, the expected
+    type and the value. Numbers convert only upwards (an int is a valid float, a float is not a valid int)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except MinrError:
-                continue
-        raise MinrError(f"--set {key}: {value!r} is not a valid {tp}")
+            if arg is not type(None):
+                with contextlib.suppress(MinrError):
+                    return _coerce(value, arg, key)
+        raise _wrong(key, tp, value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise _wrong(key, tp, value)
+        return from_dict(tp, value, f"{key}.")
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise MinrError(f"--set {key}: expected a list like [0.9, 0.95], got {value!r}")
         args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise _wrong(key, tp, value)
         if len(args) == 2 and args[1] is Ellipsis:  # tuple[int, ...]
-            return tuple(_coerce(v, args[0], key) for v in value)
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise MinrError(f"--set {key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+            raise MinrError(f"{key}: expected {type_name(tp)}, got {len(value)} value(s): {_show(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    number = isinstance(value, int | float) and not isinstance(value, bool)
     if tp is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
             return float(value)
         except ValueError:
-            raise MinrError(f"--set {key}: expected a number, got {value!r}") from None
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+            raise _wrong(key, tp, value) from None
+    if tp is float and number:
         return float(value)
-    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+    if tp is int and number and isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:  # torch, numpy and JSON readers hold 64-bit integers
+            raise MinrError(f"{key}: {value} is out of range; integers here lie within +-(2^63-1)")
         return value
-    if tp is bool and isinstance(value, bool):
+    if (tp is bool and isinstance(value, bool)) or tp is Any:
         return value
-    if tp is str and isinstance(value, str | int | float):
+    if tp is str and (isinstance(value, str) or number):
         return str(value)
     if origin is dict and isinstance(value, dict):
         return value
-    raise MinrError(f"--set {key}: expected {getattr(tp, '__name__', tp)}, got {value!r}")
+    raise _wrong(key, tp, value)
 
 
 def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build a (nested) config dataclass from a dict, validating keys and types."""
+    """Build a (nested) config dataclass from a dict (a preset, a checkpoint's metadata, a merged override),
+    checking its keys and each value's declared type; the dataclass then checks the values' ranges."""
+    if not isinstance(data, dict):
+        raise _wrong(prefix.rstrip(".") or cls.__name__, cls, data)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = set(data) - set(names)
     if unknown:
         raise MinrError(f"unknown config key {prefix}{sorted(unknown)[0]}; valid keys: {', '.join(sorted(names))}")
-    kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
+    return cls(**{name: _coerce(value, hints[name], prefix + name) for name, value in data.items()})
+
+
+ALL_KEYS = "see `minrctl pretrain --dry-run` for every key"  # the bench names its own command instead
+
+
+def _field(cls: type, key: str) -> tuple[list[str], Any]:
+    """The path in `to_dict(cfg)` and the declared type of dotted `key`: fields of nested dataclasses, then (inside
+    a dict-typed field such as `model_args`) one key holding the rest, dots included."""
+    parts, path, tp = key.split("."), [], cls
+    while parts:
+        if not dataclasses.is_dataclass(tp):
+            if typing.get_origin(tp) is dict:
+                return [*path, ".".join(parts)], typing.get_args(tp)[1]
+            raise MinrError(
+                f"unknown config key {key!r}: {'.'.join(path)} is a single value, not a section; {ALL_KEYS}"
+            )
+        hints, part = typing.get_type_hints(tp), parts.pop(0)
+        if part not in hints:
+            where = f"in {'.'.join(path)}" if path else "at the top"
+            valid = ", ".join(f.name for f in dataclasses.fields(tp))
+            raise MinrError(f"unknown config key {key!r}; the keys {where} are {valid} ({ALL_KEYS})")
+        path.append(part)
+        tp = hints[part]
+    return path, tp
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """Apply dotted overrides (`{"mask.ratio": 0.6, "model_args.depth": 2}`) and re-validate."""
+    """Apply dotted overrides (`{"mask.ratio": 0.6, "model_args.depth": 2}`), each checked where it enters: the key
+    names a field, the value has the field's declared type. A section (or a dict field such as `model_args`) is
+    set key by key, or a mapping is merged into it: a scalar or an empty value never resets it. Re-validated."""
     data = to_dict(cfg)
     for key, value in overrides.items():
+        path, tp = _field(type(cfg), key)
         node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if part not in node or not isinstance(node[part], dict):
-                raise MinrError(f"unknown config key {key!r}; see `minrctl pretrain --dry-run` for the keys")
-            node = node[part]
-        if parts[-1] not in node and parts[0] != "model_args":
-            raise MinrError(f"unknown config key {key!r}; see `minrctl pretrain --dry-run` for the keys")
-        node[parts[-1]] = value
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+            if not isinstance(value, dict):
+                first = dataclasses.fields(tp)[0].name if dataclasses.is_dataclass(tp) else "KEY"
+                given = "" if value is None else _show(value)
+                raise MinrError(
+                    f"--set {key}={given}: {key} is a section, not a value; set its keys one at a time "
+                    f"(--set {key}.{first}=...) or merge a mapping into it (--set '{key}={{{first}: ...}}')"
+                )
+            node[path[-1]] = _merged(node.get(path[-1]) or {}, value)
+        else:
+            try:
+                _coerce(value, tp, key)
+            except MinrError as e:
+                raise MinrError(f"--set {e}") from None
+            node[path[-1]] = value
     return from_dict(type(cfg), data)
+
+
+def _merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` merged into `old`, nested mappings key by key."""
+    out = dict(old)
+    for k, v in new.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_set(items: tuple[str, ...] | list[str]) -> dict[str, Any]:

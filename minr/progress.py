@@ -5,7 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console()  # the one console every command prints on
+# The one console every command prints on. Soft wrap: a long message line (a path) is left whole for the terminal to
+# wrap, never cut by rich at its own idea of the width (80 columns when piped).
+console = Console(soft_wrap=True)
 
 
 def make_progress(enabled: bool = True) -> Progress:

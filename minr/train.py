@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from minr import masking
 from minr.build import build_model
-from minr.checkpoint import checkpoint_meta
+from minr.checkpoint import Checkpoint, checkpoint_meta
 from minr.config import PretrainConfig, to_dict, to_yaml
 from minr.data import ImageDataset, load_split
 from minr.errors import MinrError
@@ -137,6 +138,35 @@ def _csv_text(rows: list[dict[str, Any]], *, header: bool) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """What the checks before a run found: the data's splits, and the checkpoint to resume (None: a fresh run)."""
+
+    data: ImageDataset
+    val: ImageDataset
+    ckpt: Checkpoint | None
+
+
+def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> Prepared:
+    """Every check a pretraining run makes before it starts work, writing nothing: the device, the model and its
+    mask (built on the meta device, through the same `build_model`), the data's splits and batch, and the run
+    directory (no run there unless resuming one with the same settings). `pretrain` calls it, and so does
+    `minrctl pretrain --dry-run`, so a dry run refuses what the real run would refuse."""
+    resolve_device(cfg.train.device)
+    with torch.device("meta"):
+        skeleton = build_model(cfg)
+    size, chans = skeleton.image_size, skeleton.in_chans
+    data = load_split(cfg.data, "train", image_size=size, in_chans=chans)
+    val = load_split(cfg.data, "val", image_size=size, in_chans=chans)
+    if len(data) < cfg.train.batch_size:
+        raise MinrError(
+            f"{cfg.data.name}: {len(data)} training images, fewer than one batch of "
+            f"{cfg.train.batch_size}; lower --set train.batch_size"
+        )
+    ckpt = open_run(Path(out_dir) / CKPT_NAME, identity=to_dict(cfg), resume=resume, loose=RESUMABLE_KEYS)
+    return Prepared(data, val, ckpt)
+
+
 def pretrain(
     cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
@@ -150,21 +180,14 @@ def pretrain(
         raise MinrError(f"train.batch_size {cfg.train.batch_size} must divide among {env.world} processes")
     out = Path(out_dir)
     with locked_dir(out) if env.main else contextlib.nullcontext(out.mkdir(parents=True, exist_ok=True)):
-        return _pretrain(cfg, out, device, env, resume, progress)
+        return _pretrain(cfg, out, prepare(cfg, out, resume=resume), device, env, progress)
 
 
-def _pretrain(cfg: PretrainConfig, out: Path, device, env, resume: bool, progress: bool) -> dict[str, Any]:
-    ckpt = open_run(out / CKPT_NAME, identity=to_dict(cfg), resume=resume, loose=RESUMABLE_KEYS)
+def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progress: bool) -> dict[str, Any]:
+    ckpt, data, val = run.ckpt, run.data, run.val
     torch.manual_seed(cfg.train.seed)  # the model's initialisation
     model = build_model(cfg).to(device)
-    data = load_split(cfg.data, "train", image_size=model.image_size, in_chans=model.in_chans)
-    val = load_split(cfg.data, "val", image_size=model.image_size, in_chans=model.in_chans)
     steps_per_epoch = len(data) // cfg.train.batch_size
-    if steps_per_epoch == 0:
-        raise MinrError(
-            f"{cfg.data.name}: {len(data)} training images, fewer than one batch of "
-            f"{cfg.train.batch_size}; lower --set train.batch_size"
-        )
     optim = build_optimizer(model, cfg.optim)
     start, sha = restore(ckpt, model, optim), git_sha()
     log = None

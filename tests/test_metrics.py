@@ -65,17 +65,35 @@ def test_paired_statistics_for_continuous_values():
         compare("a", a, "b", b[:10], method="m", metric="psnr")
 
 
-def test_tables_on_an_80_column_terminal_fold_names_instead_of_cutting_them():
+NAMES = ["ginr_tiny-layer3/checkpoint-step000253", "transinr_tiny", "mae_tiny-digits"]
+HEADERS = ["model", "full PSNR", "pasted PSNR", "masked PSNR", "linear acc", "k-NN acc", "fine-tune acc"]
+
+
+def _printed(rows, *, width: int, terminal: bool) -> list[str]:
+    import io
+
     from rich.console import Console
 
-    from probes.tables import rich_table
+    from probes.tables import print_table
 
-    names = ["ginr_tiny-layer3/checkpoint-step000253", "transinr_tiny", "mae_tiny-digits"]
-    headers = ["model", "full PSNR", "pasted PSNR", "masked PSNR", "linear acc", "k-NN acc", "fine-tune acc"]
-    table = rich_table(headers, [[n, "15.14", "16.18", "14.96", "83.37", "80.12", "85.00"] for n in names])
-    console = Console(width=80, record=True, color_system=None)
-    console.print(table)
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
-    joined = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
-    assert all(n in joined for n in names) and text.count("85.00") == 3  # the last column is there too
+    console = Console(width=width, force_terminal=terminal, color_system=None, file=io.StringIO())
+    print_table(HEADERS, rows, title="minr bench quick", console=console)
+    return console.file.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["piped", "terminal"])
+@pytest.mark.parametrize("names", [NAMES, [n[:12] for n in NAMES]], ids=["long-names", "short-names"])
+def test_tables_at_80_columns_never_split_a_name_or_number(terminal, names):
+    """Piped: a Markdown table, one row per line. On an 80-column terminal: whole words in columns that fit, or one
+    record at a time when the longest words cannot fit side by side; never `81.3` / `8` on two lines."""
+    rows = [[n, "15.14", "16.18", "14.96", f"81.3{i}", "80.12", "85.00"] for i, n in enumerate(names)]
+    lines = _printed(rows, width=80, terminal=terminal)
+    text = "\n".join(lines)
+    assert "…" not in text
+    for row in rows:
+        for cell in row:  # each value whole on one line, once per row it is in
+            assert sum(cell in line for line in lines) == sum(r.count(cell) for r in rows), (cell, text)
+    if terminal:
+        assert max(len(line) for line in lines[1:]) <= 80  # the title may run on; the terminal wraps it
+    else:
+        assert lines[2].startswith("| model | full PSNR |") and len(lines) == 5 + len(rows) and not lines[-1]
