@@ -135,27 +135,44 @@ def encoder_skeleton(path: str) -> tuple[Encoder, dict[str, Any]]:
         return create_model(cfg.model, **cfg.model_args), meta
 
 
-ENCODER_PREFIX = {"pretrain": "", "finetune": "encoder.", "segmentation": "backbone.encoder."}
+# Where each checkpoint kind keeps the encoder's tensors ("model/" + prefix + the encoder's own names). A
+# pretraining checkpoint holds the encoder itself; the packages that write the other kinds declare their layout
+# (`register_encoder_prefix`), and the core does not know it.
+_ENCODER_PREFIXES: dict[str, str] = {"pretrain": ""}
 
 
-def verify_tensors(path: str) -> dict[str, Any]:
+def register_encoder_prefix(kind: str, prefix: str) -> None:
+    """Declare that checkpoints of `kind` keep the encoder under `prefix` (e.g. "encoder.")."""
+    if _ENCODER_PREFIXES.get(kind, prefix) != prefix:
+        raise ValueError(f"checkpoint kind {kind!r} already keeps its encoder under {_ENCODER_PREFIXES[kind]!r}")
+    _ENCODER_PREFIXES[kind] = prefix
+
+
+def encoder_prefix(kind: str) -> str:
+    if kind not in _ENCODER_PREFIXES:
+        raise MinrError(
+            f"a {kind!r} checkpoint: no loaded package declares where its encoder lies (known kinds: "
+            f"{', '.join(sorted(_ENCODER_PREFIXES))})"
+        )
+    return _ENCODER_PREFIXES[kind]
+
+
+def verify_tensors(path: str, prefix: str | None = None) -> dict[str, Any]:
     """Check a checkpoint's encoder tensors against the architecture its metadata names, from the file's header
-    and a skeleton on the meta device (nothing is loaded). Returns the metadata; a mismatch is a one-line error."""
-    from safetensors import safe_open
-
+    and a skeleton on the meta device (nothing is loaded); the encoder's tensors are under `prefix` (default: its
+    kind's registered prefix). Returns the metadata; a mismatch is a one-line error."""
     meta = read_meta(path)
-    args = meta.get("model_args", meta["config"].get("model_args", {}) if meta["kind"] == "pretrain" else {})
+    kind = meta["kind"]
+    args = meta.get("model_args", meta["config"].get("model_args", {}) if kind == "pretrain" else {})
     with torch.device("meta"):
         skeleton = create_model(meta["model"], **args)
-    prefix = "model/" + ENCODER_PREFIX.get(meta["kind"], "")
+    prefix = "model/" + (encoder_prefix(kind) if prefix is None else prefix)
     expected = {prefix + k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
-    with safe_open(str(path), framework="pt") as f:
-        names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is not a dict)
-        found = {k: tuple(f.get_slice(k).get_shape()) for k in names}
-    if meta["kind"] != "pretrain":  # fine-tuned models keep only the encoder parts they train with
+    found = _stored_shapes(path, prefix)
+    if kind != "pretrain":  # fine-tuned models keep only the encoder parts they train with
         expected = {k: v for k, v in expected.items() if k in found or skeleton.is_encoder_parameter(k[len(prefix) :])}
     missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
-    if meta["kind"] != "pretrain":
+    if kind != "pretrain":
         extra = []
     wrong = [k for k in expected.keys() & found.keys() if expected[k] != found[k]]
     if missing or extra or wrong:
@@ -166,6 +183,15 @@ def verify_tensors(path: str) -> dict[str, Any]:
         )
         raise MinrError(f"{path}: its tensors do not fit {meta['model']} ({what}); the file is damaged or mislabelled")
     return meta
+
+
+def _stored_shapes(path: str, prefix: str) -> dict[str, tuple[int, ...]]:
+    """{name: shape} of the file's tensors under `prefix`, from the safetensors header alone."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        names = [k for k in f.keys() if k.startswith(prefix)]  # noqa: SIM118 (safe_open is not a dict)
+        return {k: tuple(f.get_slice(k).get_shape()) for k in names}
 
 
 def _first_mismatch(message: str) -> str:
