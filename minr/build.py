@@ -21,7 +21,7 @@ def default_config(model: str, overrides: dict[str, Any] | None = None) -> Pretr
     if other != model:  # another preset's architecture under this preset's recipe would be neither of them
         raise MinrError(
             f"--set model={other} on --model {model}: the model is chosen with --model, which also applies its "
-            f"training recipe; use --model {other}"
+            f"training recipe; use {f'--model {other}' if isinstance(other, str) else '--model alone'}"
         )
     cfg = apply_overrides(PretrainConfig(model=model), spec.recipe)
     cfg = apply_overrides(cfg, overrides or {})

@@ -76,6 +76,7 @@ ROWS = [
     (TRANSINR_TINY, ["model_args.variant=ginr"], "does not accept these model_args: variant"),
     # another preset under this one's recipe
     (GINR_TINY, ["model=mae_tiny"], "--set model=mae_tiny on --model ginr_tiny: the model is chosen with --model"),
+    (GINR_TINY, ["model="], "the model is chosen with --model, which also applies its training recipe"),
     # masks that do not mean what they say
     (GINR_TINY, ["mask.patch=28"], "mask.patch=28 makes the 28-px image a single cell"),
     (GINR_TINY, ["mask.patch=5"], "mask.patch=5 does not divide the 28-px image"),

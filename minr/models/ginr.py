@@ -41,6 +41,7 @@ class GINRArgs(HyperINRArgs):
 
 class GINR(HyperINR):
     Args = GINRArgs
+    decoder_prefixes = (*HyperINR.decoder_prefixes, "ginr_v")
 
     def _build_weight_prediction(self, a: GINRArgs) -> list[int]:
         self.modulated = a.modulated_layer - 1  # 0-based index of the instance-specific layer

@@ -116,7 +116,7 @@ class HyperINR(Encoder):
     )
     FINETUNE_KIND = "data_mean"
     STEM = r"^tokenizer\.|^pos_embed$|^weight_tokens$"
-    decoder_prefixes = ("heads.", "base_weights.", "biases.", "ginr_v", "freqs")
+    decoder_prefixes = ("heads.", "base_weights.", "biases.", "freqs")  # the INR and what predicts it
     heads: nn.ModuleList
 
     def __init__(self, args: HyperINRArgs) -> None:
