@@ -99,6 +99,7 @@ def _print_summary(summary: dict) -> None:
 def inspect_cmd(ckpt: str, as_json: bool) -> None:
     """Show a checkpoint's kind, model, step, config and the SHA-256 of its weights, after checking its tensors
     against the architecture it names."""
+    from finetune import classifier, seg_backbone  # noqa: F401  (they declare where their checkpoints keep the encoder)
     from minr.build import verify_tensors
     from minr.checkpoint import stored_weights_sha256
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minr.build import register_encoder_prefix
 from minr.errors import MinrError
 from minr.models import Encoder
 from minr.optim import encoder_layers, prefixed_matcher
@@ -17,6 +18,8 @@ def token_kinds(encoder: Encoder) -> tuple[str, ...]:
 
 class EncoderClassifier(nn.Module):
     """encoder.features -> pooled tokens (`kind`) -> LayerNorm -> BatchNorm -> Linear: (B, C, H, W) -> (B, classes)."""
+
+    ENCODER_PREFIX = "encoder."  # where `self.encoder`'s tensors lie in this module's state dict
 
     def __init__(self, encoder: Encoder, num_classes: int, *, kind: str) -> None:
         super().__init__()
@@ -41,7 +44,10 @@ class EncoderClassifier(nn.Module):
         return self.head(self.fc_norm(self.encoder.features(x, [self.kind])[self.kind]))
 
     def group_matcher(self, coarse: bool = False) -> dict[str, object]:
-        return prefixed_matcher(self.encoder.group_matcher(coarse), "encoder.")
+        return prefixed_matcher(self.encoder.group_matcher(coarse), self.ENCODER_PREFIX)
+
+
+register_encoder_prefix("finetune", EncoderClassifier.ENCODER_PREFIX)  # fine-tuning checkpoints hold this module
 
 
 def freeze_all_but_last(model: EncoderClassifier, trainable_blocks: int | None) -> None:

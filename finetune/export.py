@@ -21,12 +21,14 @@ from safetensors.torch import save_file
 
 import finetune  # noqa: F401  (mmcv.ops stand-in before mmseg)
 from finetune.mmseg_config import IMAGENET, backbone_levels, segmentor_config
+from finetune.seg_backbone import MinrBackbone
 from minr.build import model_from_checkpoint
 from minr.config import PretrainConfig
 from minr.errors import MinrError
 from minr.io import atomic_write_bytes, atomic_write_text, publish, tmp_path
 from minr.models import Encoder
 
+ENC = MinrBackbone.ENCODER_PREFIX  # where MINR's encoder lies in the backbone that mmseg builds
 _MAE_KEYS = [
     (r"^patch_embed\.proj\.", "patch_embed.projection."),
     (r"^blocks\.", "layers."),
@@ -176,9 +178,9 @@ def _mmseg_weights(model: Encoder, cfg: PretrainConfig) -> dict[str, torch.Tenso
             if k not in weights and _IDENTITY.search(k):
                 weights[k] = v if k.endswith("index") else (torch.ones_like(v) if "gamma" in k else torch.zeros_like(v))
     else:
-        weights = {f"encoder.{k}": v for k, v in model.state_dict().items()}
+        weights = {f"{ENC}{k}": v for k, v in model.state_dict().items()}
     missing, unexpected = sorted(target.keys() - weights.keys()), sorted(weights.keys() - target.keys())
-    bad = [k for k in missing + unexpected if not k.startswith("encoder.") or model.is_encoder_parameter(k[8:])]
+    bad = [k for k in missing + unexpected if not k.startswith(ENC) or model.is_encoder_parameter(k[len(ENC) :])]
     if bad:
         raise MinrError(
             f"export: backbone keys do not match mmseg's (missing {missing[:3]}, unexpected "

@@ -12,13 +12,15 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
 from finetune.configs import FEATURES
-from minr.build import model_from_checkpoint
+from minr.build import model_from_checkpoint, register_encoder_prefix
 from minr.errors import MinrError
 from minr.models import create_model
 
 
 @MODELS.register_module()
 class MinrBackbone(BaseModule):
+    ENCODER_PREFIX = "encoder."  # where `self.encoder`'s tensors lie in this module's state dict
+
     def __init__(
         self,
         *,
@@ -65,3 +67,8 @@ class MinrBackbone(BaseModule):
             if self.feature == "inr":
                 return tuple(self.encoder.dense_features(x, self.out_indices))
             return tuple(self.encoder.forward_intermediates(x, self.out_indices))
+
+
+# mmseg's segmentors keep their backbone at `backbone`: segmentation checkpoints hold the encoder under this
+SEGMENTOR_ENCODER_PREFIX = "backbone." + MinrBackbone.ENCODER_PREFIX
+register_encoder_prefix("segmentation", SEGMENTOR_ENCODER_PREFIX)

@@ -162,3 +162,39 @@ def test_minr_input_is_zero_filled():
     noisy[px] = torch.rand(int(px.sum()))
     with torch.no_grad():
         assert torch.allclose(model(x, mask, patch).recon, model(noisy, mask, patch).recon)
+
+
+@pytest.mark.parametrize("kind", ["finetune", "segmentation"])
+def test_inspect_finds_the_encoder_where_finetune_declares_it(kind, tmp_path):
+    """Fine-tuning and segmentation checkpoints keep the encoder where finetune's modules put it (their declared
+    prefixes, which the core does not know); `minrctl inspect` checks those tensors, and the same file read with
+    another prefix does not fit."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from finetune.classifier import EncoderClassifier
+    from finetune.seg_backbone import SEGMENTOR_ENCODER_PREFIX, MinrBackbone
+    from minr.build import verify_tensors
+    from minr.checkpoint import checkpoint_meta, save_checkpoint
+
+    if kind == "finetune":
+        state = EncoderClassifier(create_model("ginr_tiny"), 10, kind="data_mean").state_dict()
+        prefix = EncoderClassifier.ENCODER_PREFIX
+    else:  # an mmseg segmentor holds the backbone at `backbone`, beside its heads
+        state = {f"backbone.{k}": v for k, v in MinrBackbone(model_name="ginr_tiny").state_dict().items()}
+        state["decode_head.conv_seg.weight"] = torch.zeros(3, 8, 1, 1)
+        prefix = SEGMENTOR_ENCODER_PREFIX
+    assert sum(k.startswith(prefix) for k in state) == len(create_model("ginr_tiny").state_dict())
+    path = tmp_path / "c.safetensors"
+    meta = checkpoint_meta(
+        kind, model="ginr_tiny", model_args={}, family="minr", config={}, step=0, epoch=0, git_sha="test"
+    )
+    save_checkpoint(path, model_state=state, meta=meta)
+    r = CliRunner().invoke(main, ["inspect", str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["kind"] == kind
+    assert verify_tensors(str(path), prefix=prefix)["kind"] == kind
+    with pytest.raises(MinrError, match="its tensors do not fit ginr_tiny"):
+        verify_tensors(str(path), prefix="")

@@ -1,6 +1,6 @@
 """What every pretraining model returns, and the encoder interface that every evaluator uses (and only it).
 
-The interface, in one place (`Encoder`; MINR's `HyperINR` and `MAE` implement it):
+The interface, in one place (`Encoder`; MINR's `HyperINR` (`TransINR`, `GINR`) and `MAE` implement it):
 - `FEATURE_KINDS`: the table of per-image vectors the model offers (`FeatureKind`: name, meaning, whether any
   block gives it, whether it is a plain token pooling that fine-tuning can train through). Its first entry is the
   probes' default; `FINETUNE_KIND` is what fine-tuning pools by default.
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from minr.errors import MinrError
+from minr.models.args import ModelArgs
 
 
 @dataclass
@@ -70,10 +71,17 @@ class Encoder(nn.Module):
     FINETUNE_KIND: ClassVar[str]
     STEM: ClassVar[str]  # regex of the parameters before the first block (layer 0 of layer decay)
     decoder_prefixes: ClassVar[tuple[str, ...]] = ()  # parameters that only serve pretraining
+    Args: ClassVar[type[ModelArgs]]  # the constructor's one argument: the family's declared arguments
+    renders_coordinates: ClassVar[bool] = False  # whether train.render_fraction and train.coord_noise act on it
     blocks: nn.ModuleList
     embed_dim: int
     image_size: int
     in_chans: int
+
+    @classmethod
+    def mask_patch_for(cls, args: ModelArgs) -> int | None:
+        """The mask patch that pretraining with these arguments needs (MAE masks whole patches), or None: any."""
+        return None
 
     # -- feature kinds ----------------------------------------------------------------------------------------
     @classmethod

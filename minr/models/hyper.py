@@ -1,13 +1,14 @@
-"""MINR hypernetworks: a transformer reads a zero-filled masked image and predicts a Fourier-feature INR.
+"""MINR hypernetworks, the part TransINR and GINR share: a transformer reads a zero-filled masked image, its
+weight tokens predict a Fourier-feature INR, which is rendered at any coordinates
+(docs/METHOD.md#shared-architecture).
 
-Two variants (docs/METHOD.md): "transinr" predicts every INR layer (weight tokens per layer, tiled over the output
-axis, multiplied into a shared base weight); "ginr" predicts one layer (the 2nd by default, `modulated_layer`) as
-`U_n @ V`, the rest is shared.
+How the weight tokens become INR weights, and how the INR starts, is each family's own (`minr.models.transinr`,
+`minr.models.ginr`): a subclass builds its heads (`_build_weight_prediction`), initialises the INR (`_init_inr`)
+and predicts the weights (`predict_weights`).
 
 Fidelity to the official code (yinboc/trans-inr, kakaobrain/ginr-ipc), given the same weights: pre-norm blocks
 with `nn.LayerNorm` (eps 1e-5), learned tokens and positions initialised N(0, 1), residual dropout only (after the
-attention projection and after the MLP, none after the GELU), frequencies `exp(linspace(0, ln sigma, n))`. The INR
-is initialised per variant as each official code does (`_init_inr`).
+attention projection and after the MLP, none after the GELU), frequencies `exp(linspace(0, ln sigma, n))`.
 
 Keys: B batch, C channels, H/W image size, N data tokens, T weight tokens, D width, Q query coordinates,
 I/O an INR layer's input/output width, G weight tokens of one layer.
@@ -16,7 +17,7 @@ I/O an INR layer's input/output width, G weight tokens of one layer.
 from __future__ import annotations
 
 import itertools
-import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +28,61 @@ from torch import nn
 from minr import inr
 from minr.errors import MinrError
 from minr.masking import to_pixels, zero_fill
+from minr.models.args import ModelArgs, channels, fraction, heads_divide, mlp_width, one_of, positive, positive_number
 from minr.models.base import Encoder, FeatureKind, PretrainOutput
 
 FREQUENCY_STORAGE = ("buffer", "frozen", "trainable")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HyperINRArgs(ModelArgs):
+    """The transformer and the INR that both MINR hypernetworks have (`--set model_args.NAME=VALUE`)."""
+
+    image_size: int
+    in_chans: int
+    patch_size: int  # the tokenizer's patch, with `patch_padding` zeros around the image
+    patch_padding: int = 0
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+    drop: float = 0.0  # residual dropout
+    drop_path_rate: float = 0.0
+    inr_hidden: int
+    inr_layers: int = 5  # linear layers: Fourier features -> hidden x (inr_layers - 1) -> in_chans
+    fourier_freqs: int
+    fourier_sigma: float  # the highest frequency
+    frequencies: str = "buffer"  # how the frequency table is stored: FREQUENCY_STORAGE
+    # A fast option (off by default, docs/METHOD.md#options-minr-adds): fully masked data tokens hold nothing but
+    # their position; leave them out of the transformer, as MAE does. Weight tokens are unchanged.
+    drop_masked_tokens: bool = False
+
+    def check(self) -> None:
+        positive(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            inr_hidden=self.inr_hidden,
+            fourier_freqs=self.fourier_freqs,
+        )
+        channels(self.in_chans)
+        heads_divide("embed_dim", self.embed_dim, "num_heads", self.num_heads)
+        mlp_width(self.embed_dim, self.mlp_ratio)
+        fraction(drop=self.drop, drop_path_rate=self.drop_path_rate)
+        positive_number(fourier_sigma=self.fourier_sigma)
+        one_of("frequencies", self.frequencies, FREQUENCY_STORAGE)
+        if self.inr_layers < 2:
+            raise MinrError(f"model_args.inr_layers must be >= 2 (an input and an output layer), got {self.inr_layers}")
+        if self.patch_size > self.image_size:
+            raise MinrError(f"model_args.patch_size={self.patch_size} is larger than the {self.image_size}-px image")
+        if not 0 <= self.patch_padding <= self.patch_size // 2:  # more would make tokens of padding alone
+            raise MinrError(
+                f"model_args.patch_padding must be in 0..{self.patch_size // 2} (at most half of "
+                f"patch_size={self.patch_size}), got {self.patch_padding}"
+            )
 
 
 def residual_dropout_mlp(*, drop: float = 0.0, **kwargs) -> Mlp:
@@ -38,8 +91,19 @@ def residual_dropout_mlp(*, drop: float = 0.0, **kwargs) -> Mlp:
     return Mlp(drop=(0.0, drop), **kwargs)
 
 
+def weight_head(width: int, out: int) -> nn.Sequential:
+    """What reads weight tokens: LayerNorm, then Linear(D -> out). (B, G, D) -> (B, G, out)."""
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out))
+
+
 class HyperINR(Encoder):
+    """The shared hypernetwork (see the module docstring). Subclasses set `heads` (one per instance-specific
+    layer, reading `token_counts` weight tokens each) in `_build_weight_prediction`, and define `_init_inr` and
+    `predict_weights`."""
+
     family = "minr"
+    Args = HyperINRArgs
+    renders_coordinates = True
     FEATURE_KINDS = (
         FeatureKind("data_mean", "mean of the data tokens (any block)"),
         FeatureKind("weight_mean", "mean of the weight tokens (any block)"),
@@ -52,97 +116,59 @@ class HyperINR(Encoder):
     )
     FINETUNE_KIND = "data_mean"
     STEM = r"^tokenizer\.|^pos_embed$|^weight_tokens$"
-    decoder_prefixes = ("heads.", "base_weights.", "biases.", "ginr_v", "freqs")
+    decoder_prefixes = ("heads.", "base_weights.", "biases.", "freqs")  # the INR and what predicts it
+    heads: nn.ModuleList
 
-    def __init__(
-        self,
-        *,
-        variant: str,
-        image_size: int,
-        in_chans: int,
-        patch_size: int,
-        patch_padding: int = 0,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        drop: float = 0.0,
-        drop_path_rate: float = 0.0,
-        inr_hidden: int,
-        inr_layers: int = 5,
-        fourier_freqs: int,
-        fourier_sigma: float,
-        frequencies: str = "buffer",
-        tokens_per_layer: int = 64,
-        ginr_rank: int = 256,
-        modulated_layer: int = 2,
-        drop_masked_tokens: bool = False,
-    ) -> None:
+    def __init__(self, args: HyperINRArgs) -> None:
         super().__init__()
-        if variant not in ("transinr", "ginr"):
-            raise MinrError(f"model_args.variant must be transinr or ginr, got {variant!r}")
-        if frequencies not in FREQUENCY_STORAGE:
-            raise MinrError(
-                f"model_args.frequencies must be one of {', '.join(FREQUENCY_STORAGE)}, got {frequencies!r}"
-            )
-        sizes = dict(image_size=image_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth)
-        _check_sizes(
-            **sizes, num_heads=num_heads, inr_hidden=inr_hidden, inr_layers=inr_layers, fourier_freqs=fourier_freqs
-        )
-        if variant == "ginr" and not 1 <= modulated_layer < inr_layers:
-            raise MinrError(
-                f"model_args.modulated_layer must name a hidden layer, 1..{inr_layers - 1} (the paper's is 2), "
-                f"got {modulated_layer}"
-            )
-        self.variant, self.image_size, self.in_chans, self.embed_dim = variant, image_size, in_chans, embed_dim
-        # A fast option (off by default, docs/METHOD.md): data tokens whose every pixel is masked hold nothing but their
-        # position; leave them out of the transformer, as MAE does. Weight tokens are unchanged.
-        self.drop_masked_tokens = drop_masked_tokens
+        if not isinstance(args, self.Args):
+            raise TypeError(f"{type(self).__name__} takes {self.Args.__name__}, got {type(args).__name__}")
+        self.args = args
+        self.image_size, self.in_chans, self.embed_dim = args.image_size, args.in_chans, args.embed_dim
+        self.drop_masked_tokens = args.drop_masked_tokens
+        self._build_transformer(args)
+        self._build_inr(args)
+        self.token_counts = self._build_weight_prediction(args)  # weight tokens read by each head
+        self.num_weight_tokens = sum(self.token_counts)
+        self.weight_tokens = nn.Parameter(torch.zeros(1, self.num_weight_tokens, args.embed_dim))
+        self._init_weights()
+
+    def _build_transformer(self, a: HyperINRArgs) -> None:
         # A conv with kernel = stride = patch is the paper's unfold + Linear(p*p*C -> D), same parameters.
-        self.tokenizer = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, padding=patch_padding)
-        side = (image_size + 2 * patch_padding - patch_size) // patch_size + 1
+        self.tokenizer = nn.Conv2d(a.in_chans, a.embed_dim, a.patch_size, stride=a.patch_size, padding=a.patch_padding)
+        side = (a.image_size + 2 * a.patch_padding - a.patch_size) // a.patch_size + 1
         self.num_data_tokens = side * side
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_data_tokens, embed_dim))
-        dpr = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_data_tokens, a.embed_dim))
+        dpr = [a.drop_path_rate * i / max(1, a.depth - 1) for i in range(a.depth)]
         self.blocks = nn.ModuleList(
             Block(
-                embed_dim,
-                num_heads,
-                mlp_ratio,
-                qkv_bias=qkv_bias,
-                proj_drop=drop,
+                a.embed_dim,
+                a.num_heads,
+                a.mlp_ratio,
+                qkv_bias=a.qkv_bias,
+                proj_drop=a.drop,
                 drop_path=dpr[i],
                 norm_layer=nn.LayerNorm,
                 mlp_layer=residual_dropout_mlp,
             )
-            for i in range(depth)
+            for i in range(a.depth)
         )
-        # The INR: Fourier features (4 * fourier_freqs) -> hidden x (inr_layers - 1) -> in_chans.
-        dims = [4 * fourier_freqs] + [inr_hidden] * (inr_layers - 1) + [in_chans]
+
+    def _build_inr(self, a: HyperINRArgs) -> None:
+        """The INR's shared parts: frequencies, one base weight (I, O) and bias (O,) per layer."""
+        dims = [4 * a.fourier_freqs] + [a.inr_hidden] * (a.inr_layers - 1) + [a.in_chans]
         self.layer_shapes = list(zip(dims[:-1], dims[1:], strict=True))
-        freqs = inr.fourier_frequencies(fourier_freqs, fourier_sigma)
-        if frequencies == "buffer":  # TransINR keeps them as a buffer; GINR's code holds a frozen parameter
+        freqs = inr.fourier_frequencies(a.fourier_freqs, a.fourier_sigma)
+        if a.frequencies == "buffer":  # TransINR keeps them as a buffer; GINR's code holds a frozen parameter
             self.register_buffer("freqs", freqs, persistent=True)
         else:
-            self.freqs = nn.Parameter(freqs, requires_grad=frequencies == "trainable")
+            self.freqs = nn.Parameter(freqs, requires_grad=a.frequencies == "trainable")
         self.base_weights = nn.ParameterList(nn.Parameter(torch.empty(i, o)) for i, o in self.layer_shapes)
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(o)) for _, o in self.layer_shapes)
-        if variant == "transinr":
-            self.token_counts = [min(tokens_per_layer, o) for _, o in self.layer_shapes]
-            self.heads = nn.ModuleList(
-                nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, i)) for i, _ in self.layer_shapes
-            )
-        else:
-            self.modulated = modulated_layer - 1  # 0-based index of the instance-specific layer
-            fan_in, fan_out = self.layer_shapes[self.modulated]
-            self.token_counts = [min(ginr_rank, fan_out)]
-            self.heads = nn.ModuleList([nn.Sequential(nn.LayerNorm(embed_dim), nn.Linear(embed_dim, fan_in))])
-            self.ginr_v = nn.Parameter(torch.empty(self.token_counts[0], fan_out))
-            self.base_weights[self.modulated].requires_grad_(False)  # replaced by U_n @ V; kept as GINR's code does
-        self.num_weight_tokens = sum(self.token_counts)
-        self.weight_tokens = nn.Parameter(torch.zeros(1, self.num_weight_tokens, embed_dim))
-        self._init_weights()
+
+    def _build_weight_prediction(self, a: HyperINRArgs) -> list[int]:
+        """Set `heads` (and any other factor of the predicted weights); return the weight tokens of each head."""
+        raise NotImplementedError
 
     def _init_weights(self) -> None:
         # N(0, 1) tokens and positions, as both official codes (torch.randn; normal_(0, 1))
@@ -150,23 +176,9 @@ class HyperINR(Encoder):
         nn.init.normal_(self.weight_tokens, std=1.0)
         self._init_inr()
 
-    @torch.no_grad()
     def _init_inr(self) -> None:
-        """TransINR (`init_wb`): nn.Linear's default, weight U(+-1/sqrt(in)) and bias U(+-1/sqrt(in)).
-        GINR (`create_params_with_init`): kaiming_uniform(a=sqrt(5)) on the (in, out) matrix, whose fan torch
-        takes from its second dimension, so U(+-1/sqrt(out)): ~10x wider for the 3-wide output layer; zero biases;
-        the shared factor V ~ N(0, 1) / sqrt(rank * in)."""
-        for w, b in zip(self.base_weights, self.biases, strict=True):
-            if self.variant == "transinr":
-                nn.init.kaiming_uniform_(w.T, a=math.sqrt(5))
-                bound = 1 / math.sqrt(w.shape[0])
-                nn.init.uniform_(b, -bound, bound)
-            else:
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-                nn.init.zeros_(b)
-        if self.variant == "ginr":
-            rank, fan_in = self.ginr_v.shape[0], self.layer_shapes[self.modulated][0]
-            self.ginr_v.normal_().div_(math.sqrt(rank * fan_in))
+        """The INR's base weights, biases and other factors, as the family's official code starts them."""
+        raise NotImplementedError
 
     # -- the encoder interface ----------------------------------------------------------------------------
     def pool(self, tokens: torch.Tensor, kind: str, *, last_block: bool) -> torch.Tensor:
@@ -255,16 +267,7 @@ class HyperINR(Encoder):
 
     def predict_weights(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, N + T, D) -> one weight per INR layer: per image (B, I, O) or shared (I, O), columns normalised."""
-        mods = [m.transpose(1, 2) for m in self.modulations(tokens)]  # (B, I, G)
-        if self.variant == "transinr":
-            weights = []
-            for (_, o), m, base in zip(self.layer_shapes, mods, self.base_weights, strict=True):
-                m = m.repeat(1, 1, math.ceil(o / m.shape[-1]))[:, :, :o]  # tile: column j uses token j mod G
-                weights.append(inr.normalize_columns(base * m))  # (B, I, O)
-            return weights
-        weights = [inr.normalize_columns(w) for w in self.base_weights]
-        weights[self.modulated] = inr.normalize_columns(mods[0] @ self.ginr_v)  # (B, I, O); its base weight is unused
-        return weights
+        raise NotImplementedError
 
     def render(self, coords: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
         """(Q, 2) coordinates shared by the batch, or (B, Q, 2) per image, + predicted weights -> (B, Q, C)."""
@@ -318,20 +321,3 @@ class HyperINR(Encoder):
         loss = F.mse_loss(pred.float(), target.float())
         recon = None if pixel_index is not None else pred.transpose(1, 2).reshape(B, C, H, W)
         return PretrainOutput(loss=loss, recon=recon, pixel_mask=pixel_mask)
-
-
-def _check_sizes(**sizes: int) -> None:
-    """Architecture arguments a user can set with --set model_args.X, checked with a message that names them."""
-    for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise MinrError(f"model_args.{name} must be a positive integer, got {value!r}")
-    if sizes["embed_dim"] % sizes["num_heads"]:
-        raise MinrError(
-            f"model_args.embed_dim={sizes['embed_dim']} must be a multiple of num_heads={sizes['num_heads']}"
-        )
-    if sizes["inr_layers"] < 2:
-        raise MinrError(f"model_args.inr_layers must be >= 2, got {sizes['inr_layers']}")
-    if sizes["patch_size"] > sizes["image_size"]:
-        raise MinrError(
-            f"model_args.patch_size={sizes['patch_size']} is larger than the {sizes['image_size']}-px image"
-        )

@@ -5,6 +5,7 @@ Keys: B batch, C channels, L patches, K kept (visible) patches, D encoder width,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from minr.errors import MinrError
 from minr.masking import to_pixels
+from minr.models.args import ModelArgs, channels, fraction, heads_divide, mlp_width, one_of, positive
 from minr.models.base import Encoder, FeatureKind, PretrainOutput
 
 
@@ -34,6 +36,7 @@ def unpatchify(patches: torch.Tensor, patch: int, channels: int) -> torch.Tensor
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INPUT_NORMS = ("none", "imagenet")
+_NORM = partial(nn.LayerNorm, eps=1e-6)  # MAE's
 
 
 def mae_sincos(gh: int, gw: int, dim: int) -> torch.Tensor:
@@ -54,6 +57,46 @@ def _sincos(grid: int, dim: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim), mae_sincos(grid, grid, dim)], dim=0)[None]
 
 
+@dataclass(frozen=True, kw_only=True)
+class MAEArgs(ModelArgs):
+    """MAE's encoder and decoder (`--set model_args.NAME=VALUE`)."""
+
+    image_size: int
+    in_chans: int
+    patch_size: int  # must divide image_size: MAE masks whole patches
+    embed_dim: int
+    depth: int
+    num_heads: int
+    decoder_dim: int
+    decoder_depth: int
+    decoder_heads: int
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = False
+    drop_path_rate: float = 0.0
+    input_norm: str = "none"  # INPUT_NORMS
+
+    def check(self) -> None:
+        sizes = ("image_size", "patch_size", "embed_dim", "depth", "num_heads")
+        positive(**{k: getattr(self, k) for k in (*sizes, "decoder_dim", "decoder_depth", "decoder_heads")})
+        channels(self.in_chans)
+        if self.image_size % self.patch_size:
+            raise MinrError(
+                f"model_args.patch_size={self.patch_size} must divide image_size={self.image_size} "
+                "(MAE masks whole patches)"
+            )
+        heads_divide("embed_dim", self.embed_dim, "num_heads", self.num_heads)
+        heads_divide("decoder_dim", self.decoder_dim, "decoder_heads", self.decoder_heads)
+        for name in ("embed_dim", "decoder_dim"):
+            if getattr(self, name) % 4:  # the 2-D sin-cos table has sin and cos of both axes
+                raise MinrError(
+                    f"model_args.{name} must be a multiple of 4 (MAE's 2-D sin-cos positions), "
+                    f"got {getattr(self, name)}"
+                )
+        mlp_width(min(self.embed_dim, self.decoder_dim), self.mlp_ratio)
+        fraction(drop_path_rate=self.drop_path_rate)
+        one_of("input_norm", self.input_norm, INPUT_NORMS)
+
+
 class MAE(Encoder):
     family = "mae"
     FEATURE_KINDS = (
@@ -64,68 +107,54 @@ class MAE(Encoder):
     FINETUNE_KIND = "patch_mean"
     STEM = r"^cls_token$|^pos_embed$|^patch_embed\."
     decoder_prefixes = ("decoder_", "mask_token")
+    Args = MAEArgs
 
-    def __init__(
-        self,
-        *,
-        image_size: int,
-        in_chans: int,
-        patch_size: int,
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        decoder_dim: int,
-        decoder_depth: int,
-        decoder_heads: int,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = False,
-        drop_path_rate: float = 0.0,
-        input_norm: str = "none",
-    ) -> None:
+    @classmethod
+    def mask_patch_for(cls, args: MAEArgs) -> int:
+        return args.patch_size
+
+    def __init__(self, args: MAEArgs) -> None:
         super().__init__()
-        sizes = dict(image_size=image_size, patch_size=patch_size, depth=depth, embed_dim=embed_dim)
-        for name, value in {**sizes, "num_heads": num_heads, "decoder_depth": decoder_depth}.items():
-            if not isinstance(value, int) or value < 1:
-                raise MinrError(f"model_args.{name} must be a positive integer, got {value!r}")
-        if image_size % patch_size:
-            raise MinrError(
-                f"model_args.patch_size={patch_size} must divide image_size={image_size} (MAE masks whole patches)"
-            )
-        if embed_dim % num_heads or decoder_dim % decoder_heads:
-            raise MinrError("model_args.embed_dim / decoder_dim must be multiples of num_heads / decoder_heads")
-        if input_norm not in INPUT_NORMS:
-            raise MinrError(f"model_args.input_norm must be none or imagenet, got {input_norm!r}")
-        self.image_size, self.in_chans, self.patch_size, self.embed_dim = image_size, in_chans, patch_size, embed_dim
-        self.norm_pix_loss = norm_pix_loss
+        if not isinstance(args, MAEArgs):
+            raise TypeError(f"MAE takes MAEArgs, got {type(args).__name__}")
+        self.args = args
+        self.image_size, self.in_chans, self.patch_size = args.image_size, args.in_chans, args.patch_size
+        self.embed_dim, self.norm_pix_loss = args.embed_dim, args.norm_pix_loss
         # Official MAE checkpoints expect ImageNet-normalised inputs (and reconstruct in that space); minr trains
         # on [0, 1] images ("none"). Gray models use the mean of the three channels' statistics.
-        self.input_norm = input_norm
+        self.input_norm = args.input_norm
         mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
-        if in_chans != 3:
-            mean, std = mean.mean().repeat(in_chans), std.mean().repeat(in_chans)
+        if args.in_chans != 3:
+            mean, std = mean.mean().repeat(args.in_chans), std.mean().repeat(args.in_chans)
         self.register_buffer("input_mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", std.view(1, -1, 1, 1), persistent=False)
-        norm = partial(nn.LayerNorm, eps=1e-6)
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, embed_dim, strict_img_size=False)
-        grid, L = image_size // patch_size, (image_size // patch_size) ** 2
-        self.num_patches = L
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(_sincos(grid, embed_dim), requires_grad=False)
-        dpr = [drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
-        self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm, drop_path=dpr[i])
-            for i in range(depth)
-        )
-        self.norm = norm(embed_dim)
-        self.decoder_embed = nn.Linear(embed_dim, decoder_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos_embed = nn.Parameter(_sincos(grid, decoder_dim), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList(
-            Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True, norm_layer=norm) for _ in range(decoder_depth)
-        )
-        self.decoder_norm = norm(decoder_dim)
-        self.decoder_pred = nn.Linear(decoder_dim, patch_size * patch_size * in_chans)
+        self._build_encoder(args)
+        self._build_decoder(args)
         self._init_weights()
+
+    def _build_encoder(self, a: MAEArgs) -> None:
+        self.patch_embed = PatchEmbed(a.image_size, a.patch_size, a.in_chans, a.embed_dim, strict_img_size=False)
+        grid = a.image_size // a.patch_size
+        self.num_patches = grid * grid  # L
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, a.embed_dim))
+        self.pos_embed = nn.Parameter(_sincos(grid, a.embed_dim), requires_grad=False)
+        dpr = [a.drop_path_rate * i / max(1, a.depth - 1) for i in range(a.depth)]
+        self.blocks = nn.ModuleList(
+            Block(a.embed_dim, a.num_heads, a.mlp_ratio, qkv_bias=True, norm_layer=_NORM, drop_path=dpr[i])
+            for i in range(a.depth)
+        )
+        self.norm = _NORM(a.embed_dim)
+
+    def _build_decoder(self, a: MAEArgs) -> None:
+        self.decoder_embed = nn.Linear(a.embed_dim, a.decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, a.decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(_sincos(a.image_size // a.patch_size, a.decoder_dim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(a.decoder_dim, a.decoder_heads, a.mlp_ratio, qkv_bias=True, norm_layer=_NORM)
+            for _ in range(a.decoder_depth)
+        )
+        self.decoder_norm = _NORM(a.decoder_dim)
+        self.decoder_pred = nn.Linear(a.decoder_dim, a.patch_size * a.patch_size * a.in_chans)
 
     def _init_weights(self) -> None:
         w = self.patch_embed.proj.weight.data
