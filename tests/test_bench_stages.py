@@ -141,6 +141,7 @@ def test_seeds_and_equal_flops_arm(tmp_path, fashion_small):
 
     out = tmp_path / "s"
     sets = ["--set", "pretrain.seeds=2", "--set", "pretrain.equal_flops=true", "--stages", "pretrain,probe,report"]
+    sets += ["--set", "probe.mask_ratios=[0]", "--set", "probe.max_images=100"]
     r = CliRunner().invoke(main, ["bench", "--preset", "quick", "--out", str(out), *tiny(str(fashion_small)), *sets])
     assert r.exit_code == 0, r.output
     runs = sorted(p.name for p in (out / "pretrain").iterdir() if p.is_dir())

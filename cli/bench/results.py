@@ -25,7 +25,7 @@ class BenchResults:
     config: BenchConfig
     stages: dict[str, StageTime | None]
     pretrain: dict[str, PretrainRun | None]
-    checkpoints: dict[str, str | None]  # model -> SHA-256 of its final weights
+    checkpoints: dict[str, str | None]  # run -> SHA-256 of its final weights
     reconstruct: Any  # probes.recon.report.ReconResults | None
     probe: ProbeOutcome
     finetune: Any  # finetune.report.FinetuneResults | None
@@ -68,7 +68,7 @@ def gather(b: Bench) -> BenchResults:
         config=b.cfg,
         stages={s.name: _time(b.out, s.name) for s in COMPUTE},
         pretrain=loaded["pretrain"],
-        checkpoints={m: _sha(c) for m, c in zip(b.cfg.models, b.final(), strict=True)},
+        checkpoints={n: _sha(c) for n, c in zip(b.names(), b.final(), strict=True)},
         reconstruct=loaded["reconstruct"],
         probe=loaded["probe"],
         finetune=loaded["finetune"],
