@@ -198,7 +198,7 @@ def data_group() -> None:
 @click.option("--n-train", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--n-val", type=click.IntRange(min=1), default=400, show_default=True)
 @click.option("--size", type=int, default=56, show_default=True, help="Canvas side in pixels.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
 def make_scenes_cmd(out, n_train, n_val, size, seed, data_root) -> None:
     """Segmentation scenes of 2-4 Fashion-MNIST garments, in mmseg's img_dir/ann_dir layout."""

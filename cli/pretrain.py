@@ -12,6 +12,8 @@ from cli.app import console, device_option, floats, main, quiet_option
 from minr.config import parse_set, to_yaml
 from probes.tables import print_table
 
+SEED = click.IntRange(0, 2**63 - 1)  # what torch's and numpy's generators take
+
 
 @main.command("models")
 def models_cmd() -> None:
@@ -35,7 +37,7 @@ def models_cmd() -> None:
 @click.option("--epochs", type=int, default=None, help="Epochs (default: the preset's recipe).")
 @click.option("--max-steps", type=int, default=None, help="Stop after N optimiser steps (smoke runs).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size (default: the preset's recipe).")
-@click.option("--seed", type=int, default=None, help="Seed for data order, masks and initialisation.")
+@click.option("--seed", type=SEED, default=None, help="Seed for data order, masks and initialisation.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config override, e.g. mask.ratio=0.6.")
@@ -146,7 +148,7 @@ def to_yaml_dict(d: dict) -> str:
 )
 @click.option("--mask-kinds", default=None, help="Comma-separated: random, block, bernoulli. [default: all three]")
 @click.option("--max-images", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation masks.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation masks.")
 @click.option("--no-floors", is_flag=True, help="Leave out the floors (mean image, nearest visible pixel, inpainting).")
 @click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of the grids.")
 @click.option(
@@ -187,7 +189,7 @@ def reconstruct_cmd(
 
         if len(all_ckpts) > 1:
             raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")
-        path = Path(out) if out else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
+        path = out if out is not None else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
         reconstruction_grid(
             all_ckpts[0], path, num_images=num_images, scale=scale, split=split or "val", data_root=data_root
         )
@@ -223,15 +225,17 @@ def reconstruct_cmd(
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table as Markdown.")
 def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     """Print the validation PSNR (three protocols), speed and memory of pretraining runs side by side."""
-    from minr.io import atomic_write_text
+    from minr.io import atomic_write_text, output_location
     from minr.summary import COLUMNS, format_cell, load_summaries
     from probes.tables import markdown_table
 
+    if out is not None:
+        out = output_location(out, inputs=[Path(r) / "summary.json" for r in runs], folder=False)
     rows = load_summaries(list(runs))
     headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]
     print_table(headers, cells, title="validation reconstruction, same data, masks and budget")
-    if out:
-        atomic_write_text(Path(out), markdown_table(headers, cells))
+    if out is not None:
+        atomic_write_text(out, markdown_table(headers, cells))
 
 
 @main.command("import-mae")
