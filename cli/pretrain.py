@@ -193,7 +193,7 @@ def reconstruct_cmd(
 
         if len(all_ckpts) > 1:
             raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")
-        path = Path(out) if out else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
+        path = out if out is not None else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
         reconstruction_grid(
             all_ckpts[0], path, num_images=num_images, scale=scale, split=split or "val", data_root=data_root
         )
@@ -229,15 +229,17 @@ def reconstruct_cmd(
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the table as Markdown.")
 def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     """Print the validation PSNR (three protocols), speed and memory of pretraining runs side by side."""
-    from minr.io import atomic_write_text
+    from minr.io import atomic_write_text, output_location
     from minr.summary import COLUMNS, format_cell, load_summaries
     from probes.tables import markdown_table
 
+    if out is not None:
+        out = output_location(out, inputs=[Path(r) / "summary.json" for r in runs], folder=False)
     rows = load_summaries(list(runs))
     headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]
     print_table(headers, cells, title="validation reconstruction, same data, masks and budget")
-    if out:
-        atomic_write_text(Path(out), markdown_table(headers, cells))
+    if out is not None:
+        atomic_write_text(out, markdown_table(headers, cells))
 
 
 @main.command("import-mae")

@@ -21,9 +21,8 @@ from finetune.configs import FinetuneConfig
 from finetune.report import FinetuneEntry, FinetuneResults, run_name, write_results
 from minr.build import encoder_skeleton, model_from_checkpoint
 from minr.checkpoint import checkpoint_meta
-from minr.data import load_split
-from minr.errors import MinrError
-from minr.io import git_sha, locked_dir
+from minr.data import check_classification, check_same_data, data_inputs, load_split
+from minr.io import git_sha, locked_dir, output_location
 from minr.loop import LoopPlan, StepResult, fit, open_run, restore
 from minr.optim import layer_decay_groups
 from minr.runtime import hardware, resolve_device
@@ -77,11 +76,11 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
     skeleton, pre_meta = encoder_skeleton(ckpt)
     size = {"image_size": skeleton.image_size, "in_chans": skeleton.in_chans}
     train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))
-    if train.multilabel:
-        raise MinrError(f"{cfg.data.name} has multi-label attributes; classification needs one label per image")
-    num_classes = len(train.classes)
+    num_classes = check_classification(train.source.labels, train.classes, f"{cfg.data.name} (train)")
+    fingerprints = {"train": train.fingerprint(), "val": val.fingerprint(), "test": test.fingerprint()}
     with locked_dir(out):
-        state = open_run(out / CKPT, identity=identity(cfg, ckpt, seed), resume=resume)
+        state = open_run(out / CKPT, identity=identity(cfg, ckpt, seed), resume=resume, kind="finetune")
+        check_same_data(state.meta.get("data_fingerprint") if state else None, fingerprints, out)
         torch.manual_seed(seed)
         model = _build(cfg, ckpt, num_classes, device)
         optim = torch.optim.AdamW(
@@ -122,6 +121,7 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
                 git_sha=sha,
                 pretrained=str(ckpt),
                 seed=seed,
+                data_fingerprint=fingerprints,
             )
 
         plan = LoopPlan(
@@ -156,8 +156,9 @@ def run_finetune(
     cfg: FinetuneConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> FinetuneResults:
     """Every checkpoint x seed; then accuracy mean ± std and the paired MINR - MAE comparison (seed 0)."""
-    out, t0 = Path(out_dir), time.perf_counter()
-    with locked_dir(out):
+    inputs = [*cfg.ckpts, *data_inputs(cfg.data)]
+    out, t0 = output_location(out_dir, inputs=inputs), time.perf_counter()
+    with locked_dir(out, inputs=inputs):
         entries, runs, taken = [], {}, set()
         given = dict(zip(cfg.ckpts, cfg.names, strict=False))
         for ckpt in cfg.ckpts:

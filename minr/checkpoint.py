@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minr.errors import MinrError
-from minr.io import publish, tmp_path, writing
+from minr.io import input_file, publish, tmp_path, writing
 
 FORMAT = "minr"
 FORMAT_VERSION = 2  # 2: `kind` and `weights_sha256` in every checkpoint's meta
@@ -113,8 +113,7 @@ def _refuse(path: Path, error: Exception) -> MinrError:
 
 def _header(path: Path) -> dict[str, str]:
     """The checkpoint's validated metadata, read from the safetensors header alone (no tensors)."""
-    if not path.is_file():
-        raise MinrError(f"checkpoint {path} does not exist")
+    input_file(path, "checkpoint", look_for="*.safetensors")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

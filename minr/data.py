@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torchvision.transforms.v2 as T
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from minr import sources
+from minr import folders, sources
 from minr.config import DataConfig
 from minr.errors import MinrError
 from minr.sources import FASHION_CLASSES, SPLIT_SEED, Source, open_image, read_idx, readable
@@ -30,6 +31,7 @@ __all__ = ["FASHION_CLASSES", "ImageDataset", "Source", "dataset_sources", "load
 
 SPLITS = ("train", "val", "test")
 DATASETS = "fashion-mnist, digits, photos, imagefolder:PATH, indoor67:PATH or celeba:PATH"
+FOLDERS = {"imagefolder": folders.load_imagefolder, "indoor67": folders.load_indoor67, "celeba": folders.load_celeba}
 
 
 class ImageDataset(Dataset):
@@ -76,10 +78,19 @@ class ImageDataset(Dataset):
         return img, label, i
 
     def fingerprint(self) -> str:
-        """A hash of what this split holds (files or pixels and labels) and of its transform."""
+        """A hash of what this split holds and of its transform: pixels and labels of in-memory sets; of a folder
+        set, its labels and each file's path, size and modification time (in ns). That is what make and ninja
+        trust: replacing an image changes its mtime (and usually its size) without reading every file, which
+        hashing the content would need on every run. A copy that keeps mtimes and sizes (`cp -p`, rsync)
+        keeps the fingerprint, as it should."""
         h = hashlib.sha256(f"{self.name}|{self.split}|{self.image_size}|{self.in_chans}".encode())
         if self.source.files is not None:
-            h.update("\n".join(self.source.files).encode())
+            for f in self.source.files:
+                try:
+                    st = os.stat(f)
+                    h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:  # reading it will say what is wrong; here it only has to differ
+                    h.update(f"{f}\0missing\n".encode())
         else:
             h.update(self.source.arrays.tobytes())
         h.update(np.ascontiguousarray(self.source.labels).tobytes())
@@ -115,7 +126,7 @@ def dataset_sources(cfg: DataConfig) -> dict[str, Source]:
 
 @functools.lru_cache(maxsize=4)
 def _sources(cfg: DataConfig) -> dict[str, Source]:
-    """All splits of a dataset (cached: reading Fashion-MNIST's IDX files takes a second)."""
+    """All splits of a dataset (cached: reading Fashion-MNIST's IDX files takes a second), each checked."""
     name = cfg.name
     kind, _, arg = name.partition(":")
     if kind == "fashion-mnist" and not arg:
@@ -125,21 +136,57 @@ def _sources(cfg: DataConfig) -> dict[str, Source]:
         raw = {"all": sources.load_digits()}
     elif kind == "photos" and not arg:
         raw = sources.load_photos()
-    elif kind in ("imagefolder", "indoor67", "celeba") and arg:
-        loader = {
-            "imagefolder": sources.load_imagefolder,
-            "indoor67": sources.load_indoor67,
-            "celeba": sources.load_celeba,
-        }[kind]
-        raw = loader(Path(arg).expanduser())
+    elif kind in FOLDERS and arg:
+        raw = FOLDERS[kind](Path(arg).expanduser())
     else:
         raise MinrError(f"unknown dataset {name!r}; use {DATASETS}")
+    for split, source in raw.items():
+        source.check(f"{name} ({split})")
     if "all" in raw:
         rest, test = _carve(raw.pop("all"), 0.2)
         raw["trainval"], raw["test"] = rest, test
     if "trainval" in raw:
         raw["train"], raw["val"] = _carve(raw.pop("trainval"), cfg.val_fraction)
     return raw
+
+
+def data_inputs(cfg: DataConfig) -> list[Path]:
+    """The folders whose contents are the dataset: no output may be written inside them (a run folder in an
+    ImageFolder would become a class). Fashion-MNIST's root only holds IDX files by name, so it is not one."""
+    kind, _, arg = cfg.name.partition(":")
+    return [Path(arg).expanduser()] if kind in FOLDERS and arg else []
+
+
+def check_classification(labels: np.ndarray, classes: tuple[str, ...], what: str) -> int:
+    """The number of classes for a classifier (a probe, fine-tuning) trained on `labels` (`what`: which split of
+    which dataset), or a one-line error: multi-label attributes, or images of fewer than two classes (any
+    classifier scores 100% on one)."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise MinrError(
+            f"{what}: the dataset has multi-label attributes; classification needs one label per image "
+            "(use an ImageFolder-style dataset)"
+        )
+    present = np.unique(labels)
+    if len(present) < 2:
+        only = classes[int(present[0])] if len(present) else "none"
+        raise MinrError(
+            f"{what} holds {len(labels)} image(s) of one class ({only!r}); a classifier needs images of at least "
+            "two classes (raise --max-images, or add a folder per class)"
+        )
+    return len(classes)
+
+
+def check_same_data(stored: dict[str, str] | None, current: dict[str, str], where: Path) -> None:
+    """Refuse to resume a run on other images than it was trained on: the splits' fingerprints must match (a
+    checkpoint from before fingerprints were stored cannot be checked)."""
+    for split, fp in current.items():
+        if stored and stored.get(split) not in (None, fp):
+            raise MinrError(
+                f"--resume into {where}: the {split} data differ from the run's (fingerprint {stored[split]}, now "
+                f"{fp}): other images or labels than it was trained on; point --data-root or --dataset at the "
+                "run's own data, or start a new --out"
+            )
 
 
 def load_split(cfg: DataConfig, split: str, *, image_size: int, in_chans: int) -> ImageDataset:

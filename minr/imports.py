@@ -23,7 +23,7 @@ from minr.build import default_config
 from minr.checkpoint import checkpoint_meta, save_checkpoint
 from minr.config import to_dict
 from minr.errors import MinrError
-from minr.io import git_sha
+from minr.io import git_sha, input_file, output_location, writing
 from minr.models import create_model
 from minr.models.mae import mae_sincos
 
@@ -33,9 +33,7 @@ PRESETS = {768: "mae_base_paper", 1024: "mae_large_paper"}
 
 def read_official(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict inside an official MAE file, loaded without unpickling arbitrary objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise MinrError(f"{path} does not exist")
+    path = input_file(path, "MAE checkpoint", look_for="*.pth")
     try:  # MAE's own training checkpoints also carry their argparse.Namespace: plain attributes, safe to build
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -81,6 +79,7 @@ def architecture(state: dict[str, torch.Tensor], num_heads: int | None = None) -
 
 def import_mae(path: str | Path, out: str | Path, *, num_heads: int | None = None, norm_pix_loss: bool = True) -> Path:
     """Write the official MAE file at `path` as a minr pretraining checkpoint `out` (step 0). Returns `out`."""
+    out = output_location(out, inputs=[input_file(path, "MAE checkpoint")], folder=False)
     state = read_official(path)
     preset, args = architecture(state, num_heads)
     args["norm_pix_loss"] = norm_pix_loss
@@ -115,7 +114,7 @@ def import_mae(path: str | Path, out: str | Path, *, num_heads: int | None = Non
         imported_sha256=digest,
         decoder="imported" if has_decoder else "initialised (the file has the encoder only)",
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, model_state=model.state_dict(), meta=meta)
     return out

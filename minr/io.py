@@ -15,7 +15,7 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,29 +138,141 @@ def git_sha() -> str:
     return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+# -- what a command reads and where it writes ------------------------------------------------------------------
+def input_file(path: str | Path, what: str, *, look_for: str = "*") -> Path:
+    """A file a command reads, or a one-line error that says what `path` is instead: missing, a folder (naming
+    the files inside it that match `look_for`), or not a regular file (a device such as /dev/zero, a pipe)."""
+    if not str(path).strip():
+        raise MinrError(f"{what} is empty (an unset shell variable?); give a file")
+    p = Path(path)
+    if not p.exists():
+        raise MinrError(f"{what} {p} does not exist")
+    if p.is_dir():
+        inside = sorted(q.name for q in p.glob(look_for) if q.is_file())[:3]
+        hint = f"; it holds {', '.join(inside)}: pass one of those" if inside else ""
+        raise MinrError(f"{what} {p} is a folder, not a file{hint}")
+    if not p.is_file():
+        raise MinrError(f"{what} {p} is not a regular file (a device, pipe or socket); give a file")
+    return p
+
+
+def output_location(
+    path: str | Path, *, what: str = "--out", inputs: Iterable[str | Path] = (), folder: bool = True
+) -> Path:
+    """Check where a command will write before it writes anything, and return it as a Path. Refused: an empty
+    value (an unset shell variable would otherwise mean the current directory), an input itself (a checkpoint,
+    a dataset folder), a place inside an input folder (whatever is written there joins the data), a file where a
+    folder is wanted and a folder where a file is wanted, and a place under an existing file."""
+    kind = "folder" if folder else "file"
+    if not str(path).strip():
+        raise MinrError(f"{what} is empty (an unset shell variable?); give the {kind} to write")
+    p = Path(path).expanduser()
+    here = p.resolve()
+    for given in inputs:
+        src = Path(given).expanduser().resolve()
+        if here == src:
+            raise MinrError(
+                f"{what} {p} is also an input of this command; choose another {what} so it is not overwritten"
+            )
+        if src.is_dir() and src in here.parents:
+            raise MinrError(
+                f"{what} {p} lies inside {src}, an input folder of this command (a dataset): what is written there "
+                f"would become part of it; choose a {what} outside it"
+            )
+    if folder and p.exists() and not p.is_dir():
+        raise MinrError(f"{what} {p} is a file, not a folder; give a folder for the outputs (created if missing)")
+    if not folder and p.is_dir():
+        raise MinrError(f"{what} {p} is a folder; give the name of the file to write")
+    blocker = next((a for a in here.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise MinrError(f"{what} {p}: {blocker} is a file, so nothing can be created under it; choose another {what}")
+    return p
+
+
+def _missing(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what a `mkdir -p` would create."""
+    out = []
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        out.append(p)
+    return out
+
+
+def _listing(folder: Path) -> set[str]:
+    return {q.name for q in folder.iterdir()} if folder.is_dir() else set()
+
+
+def _undo(created: list[Path], lock: Path | None, before: set[str]) -> None:
+    """Undo what a failed command created, as long as it wrote nothing else: its lock file (when the folder holds
+    no new name but it), then the folders it created (deepest first; rmdir refuses a non-empty one)."""
+    with contextlib.suppress(OSError):
+        if lock is not None and _listing(lock.parent) - before <= {LOCK_NAME}:
+            lock.unlink()
+        for p in created:
+            p.rmdir()
+
+
+@contextlib.contextmanager
+def created_only(folder: Path) -> Iterator[None]:
+    """If the block fails, remove what it created under `folder` (and `folder` itself if it created it), and
+    nothing that was there before: a failed download leaves the user's folder as it found it."""
+    before = set(folder.rglob("*")) if folder.exists() else set()
+    made = _missing(folder)
+    try:
+        yield
+    except BaseException:
+        if folder.exists():
+            for p in sorted(set(folder.rglob("*")) - before, key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    p.rmdir() if p.is_dir() and not p.is_symlink() else p.unlink()
+        _undo(made, None, set())
+        raise
+
+
 # -- owning an output directory -------------------------------------------------------------------------------
 @contextlib.contextmanager
-def locked_dir(path: str | Path, what: str = "--out") -> Iterator[Path]:
-    """Create `path` and hold an exclusive lock on it while the block runs; a second process gets a one-line error
-    naming the holder's pid. Leftover temporary files of dead writers are removed first."""
-    path = Path(path)
-    with writing(path / LOCK_NAME):
-        path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+def locked_dir(path: str | Path, what: str = "--out", *, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Create `path` (checked by `output_location` against the command's `inputs`) and hold an exclusive lock on
+    it while the block runs; a second process gets a one-line error naming the holder's pid. Leftover temporary
+    files of dead writers are removed first. A block that fails before writing anything leaves no trace: its lock
+    file and the folders it created are removed again (what was there before, and what it wrote, stay)."""
+    path = output_location(path, what=what, inputs=inputs)
+    created, lock, before = _missing(path), path / LOCK_NAME, _listing(path)
+    fresh_lock = LOCK_NAME not in before
+    fd = _lock(path, what)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise MinrError(
-                f"{what} {path} is in use by another minr process (pid {holder}); wait for it or choose another {what}"
-            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         remove_stale_tmp(path)
         yield path
+    except BaseException:
+        _undo(created, lock if fresh_lock else None, before)
+        raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _lock(path: Path, what: str) -> int:
+    """An fd holding the flock of `path`'s lock file. The lock file is checked to be still the one locked: a
+    process that removed it (a failed run cleaning up) must not leave two holders of two different files."""
+    for _ in range(5):
+        with writing(path / LOCK_NAME):
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise MinrError(
+                f"{what} {path} is in use by another minr process (pid {holder}); wait for it or choose another {what}"
+            ) from None
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_ino == os.stat(path / LOCK_NAME).st_ino:
+                return fd
+        os.close(fd)
+    raise MinrError(f"{what} {path}: its lock file keeps disappearing; is another program removing it?")
 
 
 def remove_stale_tmp(folder: Path) -> list[Path]:

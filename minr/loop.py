@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from minr.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from minr.checkpoint import Checkpoint, load_checkpoint, read_meta, save_checkpoint
 from minr.errors import MinrError
 from minr.progress import TrainProgress
 from minr.runtime import Dist, autocast, barrier, epoch_batches, mean_over_ranks, seed_step
@@ -85,15 +85,28 @@ class FitResult:
         return self.images / self.busy_s if self.busy_s else None
 
 
-def open_run(path: Path, *, identity: dict[str, Any], resume: bool, loose: frozenset[str] = frozenset()):
+def open_run(
+    path: Path,
+    *,
+    identity: dict[str, Any],
+    resume: bool,
+    loose: frozenset[str] = frozenset(),
+    kind: str | None = None,
+):
     """The checkpoint to continue from, or None for a fresh run. Refuses to overwrite a run without `resume`,
-    and to resume one whose config (`identity`, what the checkpoint's meta stores as `config`) differs, except
-    in the `loose` keys."""
+    to resume a checkpoint of another `kind` (a fine-tuning checkpoint where a pretraining run is expected), and
+    one whose config (`identity`, what the checkpoint's meta stores as `config`) differs, except in `loose` keys."""
     if not path.exists():
         return None
     if not resume:
         raise MinrError(
             f"{path.parent} already holds a run ({path.name}); pass --resume to continue it or choose another --out"
+        )
+    found = read_meta(path).get("kind")
+    if kind is not None and found != kind:
+        raise MinrError(
+            f"--resume: {path} is a {found} checkpoint, not a {kind} run's; resume it with the command that wrote "
+            "it, or choose another --out"
         )
     ckpt = load_checkpoint(path)
     old, new = flatten(ckpt.meta.get("config", {})), flatten(identity)

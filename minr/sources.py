@@ -2,8 +2,8 @@
 
 `Source` is a split's raw material (arrays or file paths, labels, class names). Fashion-MNIST comes from IDX
 files (an explicit `--data-root`, `$MINR_DATA`, Debian's package, or torchvision's download when online);
-`digits` and `photos` ship inside scikit-learn; folders follow the ImageFolder, Indoor67 and CelebA layouts, or
-are any flat folder of images. Every damaged file is a one-line error that names it.
+`digits` and `photos` ship inside scikit-learn; folders (`minr.folders`) follow the ImageFolder, Indoor67 and
+CelebA layouts, or are any flat folder of images. Every damaged file is a one-line error that names it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from minr.errors import MinrError
+from minr.io import created_only
 
 SPLIT_SEED = 0
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -48,6 +48,20 @@ class Source:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def check(self, where: str) -> Source:
+        """This source, or a one-line error when it cannot be trained or evaluated on: no images, or labels outside
+        its classes (a damaged labels file, splits whose class lists disagree)."""
+        if len(self) == 0:
+            raise MinrError(f"{where} holds no images; check the dataset's files")
+        if self.labels.ndim == 1:
+            bad = self.labels[(self.labels < 0) | (self.labels >= len(self.classes))]
+            if len(bad):
+                raise MinrError(
+                    f"{where} has label {int(bad[0])} but {len(self.classes)} classes (labels must be 0.."
+                    f"{len(self.classes) - 1}); the labels file is damaged or belongs to another dataset"
+                )
+        return self
+
     def subset(self, idx: np.ndarray) -> Source:
         return Source(
             labels=self.labels[idx],
@@ -59,15 +73,32 @@ class Source:
 
 def open_image(path: str) -> Image.Image:
     """An image file as an 8-bit "L" or "RGB" PIL image, whatever its mode (16-bit and float images are scaled,
-    palettes and alpha dropped), or a one-line error that names the file."""
+    palettes and alpha dropped), or a one-line error that names the file: unreadable, declaring more pixels than
+    PIL's decompression-bomb limit, or holding NaN or infinite values."""
     try:
         with Image.open(path) as img:
             img.load()
-            return _eight_bit(img)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+            return _eight_bit(img, path)
+    except Image.DecompressionBombError:
+        w, h = _declared_size(path)
+        raise MinrError(
+            f"image {path} declares {w}x{h} pixels, over PIL's limit of {2 * Image.MAX_IMAGE_PIXELS:,} (a "
+            "decompression bomb, or a huge scan); shrink or remove it, or pass --skip-bad-images"
+        ) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise MinrError(
             f"cannot read image {path} ({e.__class__.__name__}); fix or remove it, or pass --skip-bad-images"
         ) from None
+
+
+def _declared_size(path: str) -> tuple[int, int]:
+    """The width and height an image's header declares, without decoding it (PIL's size check switched off)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as img:
+            return img.size
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
 
 
 def readable(path: str) -> bool:
@@ -78,9 +109,13 @@ def readable(path: str) -> bool:
         return False
 
 
-def _eight_bit(img: Image.Image) -> Image.Image:
+def _eight_bit(img: Image.Image, path: str) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise MinrError(
+                f"image {path} holds NaN or infinite pixel values; fix or remove it, or pass --skip-bad-images"
+            )
         top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
         return Image.fromarray(np.clip(np.round(a / top * 255), 0, 255).astype(np.uint8), "L")
     return img.convert("L" if img.mode in ("1", "L", "LA") else "RGB")
@@ -164,17 +199,22 @@ def load_fashion(cfg_root: str | None) -> tuple[Source, Source]:
                 f"Fashion-MNIST {prefix} files in {found} do not match: {images.shape} images but {labels.shape} "
                 "labels; reinstall them"
             )
-        return Source(labels=labels.astype(np.int64), classes=FASHION_CLASSES, arrays=images)
+        if len(images) == 0:
+            raise MinrError(f"Fashion-MNIST {prefix} files in {found} hold 0 images; reinstall them")
+        source = Source(labels=labels.astype(np.int64), classes=FASHION_CLASSES, arrays=images)
+        return source.check(f"Fashion-MNIST {prefix} labels in {found}")
 
     return part("train"), part("t10k")
 
 
 def _download_fashion(root: Path) -> Path | None:
+    """torchvision's download into `root`/FashionMNIST/raw; a failed one leaves `root` as it was."""
     from torchvision.datasets import FashionMNIST
 
     try:
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        with created_only(root / "FashionMNIST"):
+            FashionMNIST(str(root), train=True, download=True)
+            FashionMNIST(str(root), train=False, download=True)
     except Exception:  # offline, a mirror down, a read-only root: the caller explains where to get it
         return None
     return _find_fashion(root)
@@ -207,93 +247,3 @@ def load_digits() -> Source:
     d = load_digits()
     images = np.round(d.images * (255 / 16)).astype(np.uint8)
     return Source(labels=d.target.astype(np.int64), classes=tuple(str(c) for c in range(10)), arrays=images)
-
-
-# -- folder datasets ------------------------------------------------------------------------------------------
-def _scan_classes(root: Path) -> tuple[list[str], list[int], tuple[str, ...]]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    files, labels = [], []
-    for c, name in enumerate(classes):
-        for p in sorted((root / name).rglob("*")):
-            if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
-                files.append(str(p))
-                labels.append(c)
-    if not files:
-        raise MinrError(f"no images found in {root}; expected {root}/<class>/<image>.jpg (ImageFolder layout)")
-    return files, labels, tuple(classes)
-
-
-def _files_source(files: list[str], labels: list[int], classes: tuple[str, ...]) -> Source:
-    return Source(labels=np.asarray(labels, dtype=np.int64), classes=classes, files=tuple(files))
-
-
-def load_imagefolder(path: Path) -> dict[str, Source]:
-    """`train/<class>/*` and `val/<class>/*` (Imagenette: its val is our test), optionally `test/<class>/*`;
-    a `<class>/*` folder; or a flat folder of images (one class). Val and test are carved where missing."""
-    _need_dir(path, "imagefolder")
-    flat = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
-    if flat and not any(p.is_dir() for p in path.iterdir()):
-        return {"all": _files_source(flat, [0] * len(flat), (path.name,))}
-    if (path / "train").is_dir():
-        train = _files_source(*_scan_classes(path / "train"))
-        if (path / "test").is_dir():
-            return {
-                "train": train,
-                "val": _files_source(*_scan_classes(path / "val")),
-                "test": _files_source(*_scan_classes(path / "test")),
-            }
-        if (path / "val").is_dir():
-            return {"trainval": train, "test": _files_source(*_scan_classes(path / "val"))}
-        return {"all": train}
-    return {"all": _files_source(*_scan_classes(path))}
-
-
-def load_indoor67(path: Path) -> dict[str, Source]:
-    """`Images/<class>/*.jpg` with `TrainImages.txt` / `TestImages.txt` listing `class/file.jpg` per line."""
-    _need_dir(path, "indoor67")
-    classes = sorted(d.name for d in (path / "Images").iterdir() if d.is_dir()) if (path / "Images").is_dir() else []
-    out = {}
-    for split, list_name in (("trainval", "TrainImages.txt"), ("test", "TestImages.txt")):
-        lst = path / list_name
-        if not lst.is_file() or not classes:
-            raise MinrError(f"indoor67: {lst} or {path / 'Images'} is missing; expected the MIT Indoor67 layout")
-        rels = [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
-        unknown = [r for r in rels if r.split("/")[0] not in classes]
-        if unknown:
-            raise MinrError(f"indoor67: {lst} lists {unknown[0]!r}, whose class folder is not in {path / 'Images'}")
-        files = [str(path / "Images" / r) for r in rels]
-        out[split] = _files_source(files, [classes.index(r.split("/")[0]) for r in rels], tuple(classes))
-    return out
-
-
-def load_celeba(path: Path) -> dict[str, Source]:
-    """torchvision's CelebA layout: `img_align_celeba/`, `list_eval_partition.txt`, `list_attr_celeba.txt`
-    (directly in PATH or in PATH/celeba). Labels are the 40 binary attributes; splits are the official ones."""
-    _need_dir(path, "celeba")
-    base = path / "celeba" if (path / "celeba" / "list_eval_partition.txt").is_file() else path
-    part_file, attr_file, img_dir = (
-        base / "list_eval_partition.txt",
-        base / "list_attr_celeba.txt",
-        base / "img_align_celeba",
-    )
-    for p in (part_file, attr_file, img_dir):
-        if not p.exists():
-            raise MinrError(f"celeba: {p} is missing; expected torchvision's CelebA layout")
-    partition = dict(ln.split() for ln in part_file.read_text().splitlines() if ln.strip())
-    lines = attr_file.read_text().splitlines()
-    names = tuple(lines[1].split())
-    attrs = {ln.split()[0]: [int(v) > 0 for v in ln.split()[1:]] for ln in lines[2:] if ln.strip()}
-    out = {}
-    for code, split in (("0", "train"), ("1", "val"), ("2", "test")):
-        ids = sorted(k for k, v in partition.items() if v == code)
-        out[split] = Source(
-            labels=np.asarray([attrs[k] for k in ids], dtype=np.int64).reshape(len(ids), -1),
-            classes=names,
-            files=tuple(str(img_dir / k) for k in ids),
-        )
-    return out
-
-
-def _need_dir(path: Path, kind: str) -> None:
-    if not path.is_dir():
-        raise MinrError(f"{kind}: data folder {path} does not exist; check the path after '{kind}:'")

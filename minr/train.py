@@ -22,11 +22,11 @@ from minr import masking
 from minr.build import build_model
 from minr.checkpoint import Checkpoint, checkpoint_meta
 from minr.config import PretrainConfig, to_dict, to_yaml
-from minr.data import ImageDataset, load_split
+from minr.data import ImageDataset, check_same_data, data_inputs, load_split
 from minr.errors import MinrError
-from minr.io import atomic_write_text, git_sha, locked_dir, write_json
+from minr.io import atomic_write_text, git_sha, locked_dir, output_location, write_json
 from minr.loop import LoopPlan, StepResult, fit, open_run, restore
-from minr.metrics import PROTOCOLS, psnr_from_mse, psnr_protocols
+from minr.metrics import PROTOCOLS, mean_defined, psnr_from_mse, psnr_protocols
 from minr.optim import build_optimizer
 from minr.runtime import autocast, init_distributed, keyed_generator, peak_memory_mb, resolve_device
 
@@ -37,11 +37,13 @@ RESUMABLE_KEYS = frozenset({"train.device", "data.workers", "train.log", "data.r
 
 @torch.no_grad()
 def validate(model: nn.Module, data: ImageDataset, cfg: PretrainConfig, device: torch.device) -> dict[str, float]:
-    """Mean loss and per-image PSNR under the three protocols, with fixed masks (salt "val")."""
+    """Mean loss and per-image PSNR under the three protocols, with fixed masks (salt "val"). Images without a
+    masked pixel have no masked or pasted PSNR: they are left out of those means and counted (`val_unmasked`)."""
     model.eval()
     n = min(len(data), cfg.train.val_max_images or len(data))
     loader = DataLoader(torch.utils.data.Subset(data, range(n)), batch_size=cfg.train.batch_size)
-    sums, loss_sum = dict.fromkeys(PROTOCOLS, 0.0), 0.0
+    psnr: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+    loss_sum = 0.0
     for images, _, idx in loader:
         images = images.to(device)
         mask = masking.make_masks(idx, cfg.mask, data.image_size, seed=cfg.train.seed, salt="val").to(device)
@@ -49,13 +51,21 @@ def validate(model: nn.Module, data: ImageDataset, cfg: PretrainConfig, device: 
             out = model(images, mask, cfg.mask.patch)
         loss_sum += out.loss.item() * len(images)
         for k, v in psnr_protocols(out.recon, images, out.pixel_mask).items():
-            sums[k] += v.sum().item()
+            psnr[k].append(v.cpu())
     model.train()
-    return {"val_loss": loss_sum / n, **{f"psnr_{k}": v / n for k, v in sums.items()}}
+    means = {f"psnr_{k}": mean_defined(torch.cat(v)) for k, v in psnr.items()}
+    return {
+        "val_loss": loss_sum / n,
+        "val_unmasked": means["psnr_masked"][1],
+        **{k: mean for k, (mean, _) in means.items()},
+    }
 
 
 # -- logging ----------------------------------------------------------------------------------------------------
-FIELDS = ["kind", "step", "epoch", "loss", "lr", "psnr", "images_per_s", "val_loss", *(f"psnr_{p}" for p in PROTOCOLS)]
+FIELDS = [
+    *("kind", "step", "epoch", "loss", "lr", "psnr", "images_per_s", "val_loss", "val_unmasked"),
+    *(f"psnr_{p}" for p in PROTOCOLS),  # the last field last: a row cut short by a kill lacks it
+]
 
 
 class MetricsLog:
@@ -145,6 +155,7 @@ class Prepared:
     data: ImageDataset
     val: ImageDataset
     ckpt: Checkpoint | None
+    fingerprints: dict[str, str]  # the splits' content fingerprints, stored in the checkpoint to check a resume
 
 
 def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> Prepared:
@@ -163,8 +174,12 @@ def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -
             f"{cfg.data.name}: {len(data)} training images, fewer than one batch of "
             f"{cfg.train.batch_size}; lower --set train.batch_size"
         )
-    ckpt = open_run(Path(out_dir) / CKPT_NAME, identity=to_dict(cfg), resume=resume, loose=RESUMABLE_KEYS)
-    return Prepared(data, val, ckpt)
+    ckpt = open_run(
+        Path(out_dir) / CKPT_NAME, identity=to_dict(cfg), resume=resume, loose=RESUMABLE_KEYS, kind="pretrain"
+    )
+    fingerprints = {"train": data.fingerprint(), "val": val.fingerprint()}
+    check_same_data(ckpt.meta.get("data_fingerprint") if ckpt else None, fingerprints, Path(out_dir))
+    return Prepared(data, val, ckpt, fingerprints)
 
 
 def pretrain(
@@ -178,13 +193,13 @@ def pretrain(
         torch.cuda.set_device(device)
     if cfg.train.batch_size % env.world:
         raise MinrError(f"train.batch_size {cfg.train.batch_size} must divide among {env.world} processes")
-    out = Path(out_dir)
+    out = output_location(out_dir, inputs=data_inputs(cfg.data))
     with locked_dir(out) if env.main else contextlib.nullcontext(out.mkdir(parents=True, exist_ok=True)):
         return _pretrain(cfg, out, prepare(cfg, out, resume=resume), device, env, progress)
 
 
 def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progress: bool) -> dict[str, Any]:
-    ckpt, data, val = run.ckpt, run.data, run.val
+    ckpt, data, val, fingerprints = run.ckpt, run.data, run.val, run.fingerprints
     torch.manual_seed(cfg.train.seed)  # the model's initialisation
     model = build_model(cfg).to(device)
     steps_per_epoch = len(data) // cfg.train.batch_size
@@ -213,7 +228,8 @@ def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progre
     def evaluate(step: int, epoch: int) -> None:
         if env.main:
             val_metrics.update(validate(model, val, cfg, device))
-            log.write({"kind": "val", "step": step, "epoch": epoch, **{k: f"{v:.4f}" for k, v in val_metrics.items()}})
+            cells = {k: v if isinstance(v, int) else f"{v:.4f}" for k, v in val_metrics.items()}
+            log.write({"kind": "val", "step": step, "epoch": epoch, **cells})
 
     def meta(step: int, epoch: int) -> dict[str, Any]:
         return checkpoint_meta(
@@ -226,6 +242,7 @@ def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progre
             epoch=epoch,
             git_sha=sha,
             rng={"scheme": "keyed", "seed": cfg.train.seed},
+            data_fingerprint=fingerprints,
         )
 
     plan = LoopPlan(

@@ -1,10 +1,11 @@
 """Feature extraction through the encoder interface, cached on disk under a key of everything that matters.
 
 The key (`FeatureKey`) holds the weights' SHA-256 (read from the checkpoint header, stored at save time), the
-dataset split's fingerprint (its files or pixels, labels and transform), the feature kind, the block, the mask
-and the dtype. The cache is checked before any model is built: a fully cached run neither loads nor hashes a
-checkpoint. A cache file whose stored key differs, or that cannot be read, is recomputed, never reused.
-Extraction writes chunk by chunk, so an interrupted run resumes from the chunks already written.
+dataset split's fingerprint (its pixels, or its files' paths, sizes and modification times; its labels and
+transform), the feature kind, the block, the mask and the dtype. The cache is checked before any model is built: a
+fully cached run neither loads nor hashes a checkpoint. A cache file whose stored key differs, or that cannot be
+read, is recomputed, never reused. Extraction writes chunk by chunk, so an interrupted run resumes from the chunks
+already written.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader
 from minr import masking
 from minr.build import model_from_checkpoint
 from minr.config import DataConfig, MaskConfig
-from minr.data import ImageDataset, load_split
-from minr.io import publish, tmp_path, writing
+from minr.data import ImageDataset, data_inputs, load_split
+from minr.io import output_location, publish, tmp_path, writing
 from minr.progress import make_progress
 from minr.runtime import resolve_device
 from probes.features import PIXELS, EncoderRef, PixelFeatures, encoder_ref
@@ -149,7 +150,9 @@ def extract_kinds(
     kinds = kinds or [ref.default_kind]
     layer = ref.check(kinds, spec.layer)
     data = load_split(spec.data, spec.split, image_size=ref.image_size, in_chans=ref.in_chans)
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = output_location(
+        default_cache_dir() if cache_dir is None else cache_dir, what="--cache-dir", inputs=data_inputs(spec.data)
+    )
     with writing(cache_dir):
         cache_dir.mkdir(parents=True, exist_ok=True)
     mask = mask_spec(spec, ref)

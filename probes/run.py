@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from minr.config import DataConfig
+from minr.data import check_classification, data_inputs, load_split
 from minr.errors import MinrError
 from minr.io import git_sha, locked_dir
 from minr.runtime import hardware
@@ -211,9 +212,10 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
     """Probe every encoder; write results.json, results.md, predictions.npz and the masking plot into `out_dir`."""
     t0 = time.perf_counter()
     sources = refs(cfg)  # every checkpoint checked (from its header) before anything is written
-    with locked_dir(out_dir):
+    train = load_split(cfg.data, "train", image_size=sources[0].image_size, in_chans=sources[0].in_chans)
+    num_classes = check_classification(train.source.labels, train.classes, f"{cfg.data.name} (train)")
+    with locked_dir(out_dir, inputs=[*cfg.ckpts, *data_inputs(cfg.data)]):
         feats = collect(cfg, sources, progress, log)
-        num_classes = int(_labels(feats[0].splits["train"], "train").max()) + 1
         entries, predictions, predictors = [], {}, {}
         for f in feats:
             scores, preds, predictors[f.name] = evaluate(f, cfg, num_classes)

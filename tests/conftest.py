@@ -101,11 +101,13 @@ def save_images(folder: Path, names: list[str], ext: str = ".jpg") -> list[str]:
 
 @pytest.fixture
 def imagefolder(tmp_path) -> Path:
-    """Imagenette's layout: train/<class>/*.JPEG and val/<class>/*.JPEG, two classes."""
+    """Imagenette's layout: train/<class>/*.JPEG and val/<class>/*.JPEG, two classes (in a folder of its own: no
+    output may be written inside a dataset folder)."""
+    root = tmp_path / "imagefolder"
     for split, n in (("train", 6), ("val", 3)):
         for c in ("n01440764", "n02102040"):
-            save_images(tmp_path / split / c, [f"{c}_{split}_{i}" for i in range(n)], ".JPEG")
-    return tmp_path
+            save_images(root / split / c, [f"{c}_{split}_{i}" for i in range(n)], ".JPEG")
+    return root
 
 
 def make_checkpoint(model_name: str, path: Path, *, data_root: Path | None = None, seed: int = 0) -> Path:

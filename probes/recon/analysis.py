@@ -67,6 +67,24 @@ def nearest(values: tuple[float, ...], target: float) -> float:
     return min(values, key=lambda v: abs(v - target))
 
 
+def headline_condition(cfg: ReconConfig) -> tuple[str, float]:
+    """The condition of the headline tables, margins, transfer matrix and grids: the paper's 75% random masking,
+    or the nearest this run measured (another kind when random is not among them)."""
+    kind = HEADLINE[0] if HEADLINE[0] in cfg.mask_kinds else cfg.mask_kinds[0]
+    return kind, nearest(cfg.mask_ratios, HEADLINE[1])
+
+
+def condition_title(cfg: ReconConfig) -> str:
+    """The headline condition in words, as every title says it: "75% random masking"."""
+    kind, ratio = headline_condition(cfg)
+    return f"{ratio * 100:g}% {kind} masking"
+
+
+def _mean(cell) -> float:
+    """A cell's mean for ranking: an undefined one ranks last."""
+    return cell.mean if cell.n else float("-inf")
+
+
 def changes(cfg: ReconConfig) -> list[tuple[str, tuple[str, float], tuple[str, float]]]:
     """The two robustness questions this run can answer: (label, easy condition, hard condition)."""
     out = []
@@ -136,10 +154,9 @@ def verdict_text(c: Paired, change: str, protocol: str, dataset: str) -> str:
 
 
 def transfer(cfg: ReconConfig, got: Collected) -> list[TransferCell]:
-    """The paper's Table 2 layout: each checkpoint's pretraining set against every evaluation set, at 75% random."""
-    kind, ratio = HEADLINE[0], nearest(cfg.mask_ratios, HEADLINE[1])
-    if kind not in cfg.mask_kinds:
-        return []
+    """The paper's Table 2 layout: each checkpoint's pretraining set against every evaluation set, at the headline
+    condition."""
+    kind, ratio = headline_condition(cfg)
     out = []
     for e in got.entries:
         if e.family == "floor":
@@ -152,7 +169,8 @@ def transfer(cfg: ReconConfig, got: Collected) -> list[TransferCell]:
 
 
 def margins(cfg: ReconConfig, got: Collected) -> list[Margin]:
-    kind, ratio = (HEADLINE[0] if HEADLINE[0] in cfg.mask_kinds else cfg.mask_kinds[0]), nearest(cfg.mask_ratios, 0.75)
+    """Each entry's margin over its best floor at the headline condition; none where the PSNR is undefined."""
+    kind, ratio = headline_condition(cfg)
     floors = by_family(got.entries, "floor")
     out = []
     for e in (e for e in got.entries if e.family != "floor"):
@@ -161,19 +179,17 @@ def margins(cfg: ReconConfig, got: Collected) -> list[Margin]:
         ]
         for dataset in cfg.datasets:
             for p in PROTOCOLS:
-                if not mine:
+                best = max(mine, key=lambda f: _mean(f.cell(dataset, kind, ratio, p)), default=None)
+                if best is None or not e.cell(dataset, kind, ratio, p).n or not best.cell(dataset, kind, ratio, p).n:
                     continue
-                best = max(mine, key=lambda f: f.cell(dataset, kind, ratio, p).mean)
                 margin = e.cell(dataset, kind, ratio, p).mean - best.cell(dataset, kind, ratio, p).mean
                 out.append(Margin(e.name, dataset, p, best.name, margin))
     return out
 
 
 def headline(entries: list[ReconEntry], cfg: ReconConfig, dataset: str) -> list[list[str]]:
-    """Rows of the headline table: entry, then mean [95% CI] per protocol at 75% random masking."""
-    kind, ratio = (HEADLINE[0] if HEADLINE[0] in cfg.mask_kinds else cfg.mask_kinds[0]), nearest(cfg.mask_ratios, 0.75)
-    rows = []
-    for e in entries:
-        cells = [e.cell(dataset, kind, ratio, p) for p in PROTOCOLS]
-        rows.append([e.name, e.trained_on or "-", *(f"{c.mean:.2f} [{c.ci_low:.2f}, {c.ci_high:.2f}]" for c in cells)])
-    return rows
+    """Rows of the headline table: entry, then mean [95% CI] per protocol at the headline condition."""
+    kind, ratio = headline_condition(cfg)
+    return [
+        [e.name, e.trained_on or "-", *(e.cell(dataset, kind, ratio, p).text() for p in PROTOCOLS)] for e in entries
+    ]

@@ -77,7 +77,15 @@ class Cell:
     mean: float
     ci_low: float
     ci_high: float
-    n: int
+    n: int  # images with a defined PSNR
+    undefined: int = 0  # images left out: no masked pixel, so no masked or pasted PSNR
+
+    def text(self) -> str:
+        """mean [95% interval], or why there is none; with how many images were left out."""
+        if self.n == 0:
+            return "undefined (no masked pixel)"
+        left = f" ({self.undefined} unmasked left out)" if self.undefined else ""
+        return f"{self.mean:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]{left}"
 
 
 @dataclass(frozen=True)
@@ -177,8 +185,9 @@ def _score(name: str, got: Collected, dataset: str, kind: str, ratio: float, psn
     cells = []
     for protocol in PROTOCOLS:
         got.arrays[key(name, dataset, kind, ratio, protocol)] = psnr[protocol]
-        mean, lo, hi = bootstrap_mean(psnr[protocol])
-        cells.append(Cell(dataset, kind, ratio, protocol, mean, lo, hi, len(psnr[protocol])))
+        mean, lo, hi = bootstrap_mean(psnr[protocol])  # over the images where it is defined
+        defined = int(np.isfinite(psnr[protocol]).sum())
+        cells.append(Cell(dataset, kind, ratio, protocol, mean, lo, hi, defined, len(psnr[protocol]) - defined))
     return cells
 
 

@@ -2,13 +2,16 @@
 
 `reconstruction_grid`: one checkpoint, its own validation masks, a plain PNG grid (`minrctl reconstruct CKPT`).
 `titled_grids`: every checkpoint of an evaluation side by side, with column titles (input, masked input, each
-model's output, ground truth), at 75% random masking; MINR renders natively at `--scale`, other models are shown
-at their own resolution, upsampled."""
+model's output, ground truth), at the headline condition (75% random masking, or the nearest measured); MINR
+renders natively at `--scale`, other models are shown at their own resolution, upsampled. `--scale` is bounded by
+the memory the grids need, before anything is rendered."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
+import os
 import textwrap
 from pathlib import Path
 
@@ -17,16 +20,52 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
 from minr import masking
-from minr.build import model_from_checkpoint
+from minr.build import encoder_skeleton, model_from_checkpoint
 from minr.config import DataConfig
-from minr.data import load_split
+from minr.data import data_inputs, load_split
 from minr.errors import MinrError
-from minr.io import atomic_write_bytes
+from minr.io import atomic_write_bytes, output_location
+
+BYTES_PER_PIXEL = 4 * 4  # float32, and about four copies of every tile (render, paste, upsample, grid)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable, else the physical memory), None when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_render_size(scale: int, image_size: int, chans: int, tiles: int) -> None:
+    """Refuse a `--scale` whose grid of `tiles` images at `image_size * scale` px would need more than half of the
+    memory available (1000x of a 28-px model is 28,000 px a side: gigabytes per tile), naming the largest that fits."""
+    side, memory = image_size * scale, available_memory()
+    per_scale = image_size**2 * (8 + BYTES_PER_PIXEL * chans * tiles)  # + 8: the (x, y) query coordinates
+    if memory is None or side**2 * (8 + BYTES_PER_PIXEL * chans * tiles) <= memory // 2:
+        return
+    top = max(1, math.isqrt(memory // 2 // per_scale))
+    raise MinrError(
+        f"--scale {scale} renders {tiles} tiles of {side}x{side} px, about {scale**2 * per_scale / 2**30:.1f} GiB, "
+        f"more than half of the {memory / 2**30:.1f} GiB of memory available; use --scale {top} or less, or fewer "
+        "--num-images"
+    )
 
 
 @torch.no_grad()
 def reconstruction_grid(
-    ckpt: str, out: Path, *, num_images: int = 8, scale: int = 1, split: str = "val", data_root: str | None = None
+    ckpt: str,
+    out: str | Path,
+    *,
+    num_images: int = 8,
+    scale: int = 1,
+    split: str = "val",
+    data_root: str | None = None,
 ) -> torch.Tensor:
     """Rows of (input, masked input, reconstruction, pasted, ground truth), with the run's own val masks.
 
@@ -34,8 +73,11 @@ def reconstruction_grid(
     """
     if scale < 1:
         raise MinrError(f"--scale must be >= 1, got {scale}")
+    skeleton, _ = encoder_skeleton(ckpt)  # the header alone: the size is checked before any weight is read
+    check_render_size(scale, skeleton.image_size, skeleton.in_chans, 5 * num_images)
     model, cfg, _ = model_from_checkpoint(ckpt)
     data_cfg = dataclasses.replace(cfg.data, root=data_root) if data_root else cfg.data
+    out = output_location(out, inputs=[ckpt, *data_inputs(data_cfg)], folder=False)
     data = load_split(data_cfg, split, image_size=model.image_size, in_chans=model.in_chans)
     n = min(num_images, len(data))
     images = torch.stack([data[i][0] for i in range(n)])
@@ -54,7 +96,6 @@ def reconstruction_grid(
     grid = make_grid(rows, nrow=5, padding=2, pad_value=1.0)
     buf = io.BytesIO()
     save_image(grid, buf, format="png")
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, buf.getvalue())
     return grid
 
@@ -85,12 +126,12 @@ def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from probes.recon.analysis import headline_condition
     from probes.recon.evaluate import masks_for
 
     paths = []
     models = [model_from_checkpoint(c)[:2] for c in cfg.ckpts]
-    kind = "random" if "random" in cfg.mask_kinds else cfg.mask_kinds[0]
-    ratio = min(cfg.mask_ratios, key=lambda r: abs(r - 0.75))
+    kind, ratio = headline_condition(cfg)
     for dataset in cfg.datasets:
         model0, cfg0 = models[0]
         root = cfg.data_root if dataset == "fashion-mnist" else None
@@ -132,7 +173,7 @@ def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
                 ax.set_yticks([])
                 if i == 0:
                     ax.set_title(_wrap(title), fontsize=7)
-        fig.suptitle(f"{dataset} ({cfg.split}), {ratio:.0%} {kind} masking", fontsize=9)
+        fig.suptitle(f"{dataset} ({cfg.split}), {ratio * 100:g}% {kind} masking", fontsize=9)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)

@@ -16,7 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, write_json
+from minr.build import encoder_skeleton
+from minr.config import DataConfig
+from minr.data import data_inputs
+from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, output_location, write_json
 from minr.metrics import PROTOCOLS
 from minr.runtime import hardware
 from probes.recon import analysis
@@ -87,7 +90,7 @@ def plot_ratio_curves(results: ReconResults, cfg: ReconConfig, out: Path) -> lis
     return paths
 
 
-def plot_transfer(results: ReconResults, out: Path) -> Path | None:
+def plot_transfer(results: ReconResults, cfg: ReconConfig, out: Path) -> Path | None:
     """The transfer matrix as heat maps with values: rows = model (pretraining set), columns = evaluation set."""
     if not results.transfer:
         return None
@@ -110,26 +113,28 @@ def plot_transfer(results: ReconResults, out: Path) -> Path | None:
         ax.set_title(f"PSNR, {PROTOCOL_TITLES[p]}", fontsize=8)
         ax.set_xlabel("evaluated on")
     axes[0].set_ylabel("model (pretrained on)")
-    fig.suptitle("Transfer at 75% random masking (dB)", fontsize=10)
+    fig.suptitle(f"Transfer at {analysis.condition_title(cfg)} (dB)", fontsize=10)
     path = out / "transfer_matrix.png"
     _save(fig, plt, path)
     return path
 
 
 def markdown(results: ReconResults, cfg: ReconConfig) -> str:
+    condition = analysis.condition_title(cfg)
     parts = [
         f"# Reconstruction: {', '.join(cfg.datasets)} ({cfg.split}, up to {cfg.max_images} images, seed {cfg.seed})\n",
         "Per-image PSNR (dB), mean [bootstrap 95% interval]. full: the raw reconstruction; pasted: visible pixels "
-        "from the input; masked: the masked region only. Floors learn nothing.\n",
+        "from the input; masked: the masked region only. Floors learn nothing. An image with no masked pixel has "
+        "no masked or pasted PSNR: it is left out of those means, and tables say how many were.\n",
     ]
     for dataset in cfg.datasets:
-        parts += [f"## {dataset}, 75% random masking\n"]
+        parts += [f"## {dataset}, {condition}\n"]
         rows = analysis.headline(results.entries, cfg, dataset)
         parts.append(markdown_table(["entry", "pretrained on", *PROTOCOLS], rows))
     if results.margins:
         rows = [[m.name, m.dataset, m.protocol, m.best_floor, f"{m.margin:+.2f}"] for m in results.margins]
         parts += [
-            "## Margin over the best floor (75% random)\n",
+            f"## Margin over the best floor ({condition})\n",
             markdown_table(["entry", "dataset", "protocol", "best floor", "margin dB"], rows),
         ]
     if results.verdicts:
@@ -154,7 +159,7 @@ def markdown(results: ReconResults, cfg: ReconConfig) -> str:
                 [f"{model[0]} ({model[1]})", *("/".join(f"{cell[(d, p)]:.2f}" for p in PROTOCOLS) for d in cols)]
             )
         parts += [
-            "## Transfer matrix (75% random; full/pasted/masked dB)\n",
+            f"## Transfer matrix ({condition}; full/pasted/masked dB)\n",
             markdown_table(["model (pretrained on)", *cols], rows),
         ]
     if results.paired:
@@ -179,11 +184,14 @@ def markdown(results: ReconResults, cfg: ReconConfig) -> str:
 
 def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = True) -> ReconResults:
     """Measure, analyse and write everything into `out_dir`."""
-    from probes.recon.grid import titled_grids
+    from probes.recon.grid import check_render_size, titled_grids
 
     names = entry_names(cfg.ckpts)  # every checkpoint is checked (header) before anything is written
-    out, t0 = Path(out_dir), time.perf_counter()
-    with locked_dir(out):
+    first = encoder_skeleton(cfg.ckpts[0])[0]
+    check_render_size(cfg.scale, first.image_size, first.in_chans, cfg.grid_images * (len(cfg.ckpts) + 3))
+    inputs = [*cfg.ckpts, *(p for d in cfg.datasets for p in data_inputs(DataConfig(name=d)))]
+    out, t0 = output_location(out_dir, inputs=inputs), time.perf_counter()
+    with locked_dir(out, inputs=inputs):
         (out / "results.json").unlink(missing_ok=True)  # what is there no longer describes this run
         got: Collected = run_conditions(cfg, names, progress)
         results = ReconResults(
@@ -203,13 +211,13 @@ def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = T
         atomic_write_bytes(out / "per_image.npz", buf.getvalue())
         atomic_write_text(out / "results.md", markdown(results, cfg))
         plot_ratio_curves(results, cfg, out)
-        plot_transfer(results, out)
+        plot_transfer(results, cfg, out)
         titled_grids(cfg, names, out)
         write_json(out / "results.json", dataclasses.asdict(results))
     for dataset in cfg.datasets:
         print_table(
             ["entry", "pretrained on", *PROTOCOLS],
             analysis.headline(results.entries, cfg, dataset),
-            title=f"{dataset}: PSNR at 75% random masking",
+            title=f"{dataset}: PSNR at {analysis.condition_title(cfg)}",
         )
     return results
