@@ -472,7 +472,7 @@ def test_validation_psnr_leaves_out_unmasked_images(files, tmp_path):
         "--set",
         "mask.kind=bernoulli",
         "--set",
-        "mask.ratio=0.001",
+        "mask.ratio=0.025",  # the smallest ratios are refused; at this one about 29% of images have no masked cell
         "--set",
         "train.val_max_images=16",
         "--out",
@@ -482,7 +482,7 @@ def test_validation_psnr_leaves_out_unmasked_images(files, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["val_unmasked"] >= 12 and summary["psnr_full"] < 60
+    assert summary["val_unmasked"] >= 1 and summary["psnr_full"] < 60
     assert summary["psnr_masked"] is None or summary["psnr_masked"] < 60
     val = [ln for ln in (run / "metrics.csv").read_text().splitlines() if ln.startswith("val,")]
     assert val and f",{summary['val_unmasked']}," in val[-1]
