@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli.bench.results import BenchResults, gather
-from cli.bench.stages import COMPUTE, Bench, PretrainRun, Stage, selected, stage_key
+from cli.bench.runs import Bench
+from cli.bench.stages import COMPUTE, PretrainRun, Stage, selected, stage_key
 from cli.bench.verdict import at_headline, chosen_entries, curve_points, headline_pairs, pixels_entry, verdict
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
 from probes.tables import markdown_table, pct, print_table

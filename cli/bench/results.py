@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from cli.bench.config import BenchConfig
+from cli.bench.runs import Bench
 from cli.bench.seeds import SeedComparison, comparisons
-from cli.bench.stages import COMPUTE, Bench, PretrainRun, ProbeOutcome
+from cli.bench.stages import COMPUTE, PretrainRun, ProbeOutcome
 from minr.io import git_sha, read_json
 from minr.runtime import hardware
 

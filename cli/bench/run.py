@@ -22,7 +22,8 @@ from typing import Any
 
 from cli.bench.config import BenchConfig, load_preset
 from cli.bench.report import Report
-from cli.bench.stages import COMPUTE, Bench, Stage, selected, stage_key
+from cli.bench.runs import Bench
+from cli.bench.stages import COMPUTE, Stage, selected, stage_key
 from minr.errors import MinrError
 from minr.io import locked_dir, read_json, write_json
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cli.bench.stages import COMPUTE, Bench, Run, family
+from cli.bench.runs import Bench, Run, family
+from cli.bench.stages import COMPUTE
 from probes.stats import SeedLevel, seed_level
 
 SCALE = {"PSNR": (1.0, "dB")}  # everything else is a fraction shown in points

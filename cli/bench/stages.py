@@ -18,126 +18,17 @@ from typing import Any
 import numpy as np
 
 from cli.bench.config import BenchConfig
+from cli.bench.runs import Bench, base_overrides, encoders, need
 from minr.build import default_config
 from minr.config import DataConfig, PretrainConfig, to_dict
-from minr.errors import MinrError
 from minr.io import read_json
-from minr.loop import kept_path
 from minr.typed import from_plain
-
-
-@dataclass(frozen=True)
-class Run:
-    """One pretraining run of the bench's models: its folder's name, its model, seed and step budget.
-    `matched_to` names the MINR model whose training FLOPs this run matches (the equal-compute arm)."""
-
-    name: str
-    model: str
-    seed: int
-    steps: int
-    matched_to: str | None = None
-
-
-class Bench:
-    """One bench run in `out`: its pretraining runs, where each stage's outputs are and which checkpoints each
-    stage reads."""
-
-    def __init__(self, cfg: BenchConfig, out: Path, *, quiet: bool = True) -> None:
-        self.cfg, self.out, self.quiet = cfg, out, quiet
-        self._runs: list[Run] | None = None
-
-    def run_dir(self, name: str) -> Path:
-        return self.out / "pretrain" / name
-
-    def ckpt(self, run: str, step: int | None = None) -> str:
-        final = self.run_dir(run) / "checkpoint.safetensors"
-        return str(final if step is None else kept_path(final, step))
-
-    def runs(self) -> list[Run]:
-        """Every model for every seed (seed 0 keeps the model's own name), then, with `equal_flops`, each cheaper
-        model for each MINR model's training FLOPs (counted once per model with torch's FLOP counter)."""
-        if self._runs is None:
-            p, out = self.cfg.pretrain, []
-            cost = _costs(self) if p.equal_flops else {}
-            for k in range(p.seeds):
-                seed, tag = p.seed + k, "" if k == 0 else f"-seed{p.seed + k}"
-                out += [Run(f"{m}{tag}", m, seed, p.steps) for m in self.cfg.models]
-                for target, (family, flops) in cost.items():
-                    for m, (_, f) in cost.items():
-                        if family == "minr" and f < flops:
-                            steps = round(p.steps * flops / f)
-                            out.append(Run(f"{m}-flops-{target}{tag}", m, seed, steps, matched_to=target))
-            self._runs = out
-        return self._runs
-
-    def final(self) -> list[str]:
-        return [self.ckpt(r.name) for r in self.runs()]
-
-    def names(self) -> list[str]:
-        return [r.name for r in self.runs()]
-
-    def extras(self) -> list[str]:
-        return [self.ckpt(e.name) for e in self.cfg.pretrain.extra]
-
-    def curve(self) -> list[tuple[str, int, str]]:
-        """(model, step, checkpoint) of every kept checkpoint of the first seed, for the learning curve."""
-        return [(m, s, self.ckpt(m, s)) for m in self.cfg.models for s in self.cfg.pretrain.kept_steps()]
-
-    def scratch(self) -> list[tuple[str, str]]:
-        """(name, checkpoint) of every architecture's random initialisation per seed (step 0 of its run): the
-        from-scratch controls."""
-        return [(f"{r.name}@init", self.ckpt(r.name, 0)) for r in self.runs() if r.matched_to is None]
-
-    def scratch_first(self) -> list[tuple[str, str]]:
-        """The random initialisations of the first seed's models."""
-        return [(f"{m}@init", self.ckpt(m, 0)) for m in self.cfg.models]
-
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            from minr.progress import console
-
-            console.print(message)
-
-
-def _costs(b: Bench) -> dict[str, tuple[str, float]]:
-    """model -> (family, training FLOPs per image: one forward and backward of its own loss, counted)."""
-    from minr.flops import train_flops_per_image
-
-    return {m: (family(m), train_flops_per_image(cfg)) for m, cfg in Pretrain().base_configs(b).items()}
-
-
-def family(model: str) -> str:
-    """A registered model's family, from a model built on the meta device (no memory, no init)."""
-    import torch
-
-    from minr.models import create_model
-
-    with torch.device("meta"):
-        return create_model(model).family
-
-
-def _encoders(b: Bench, *, scratch: bool) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """(names, checkpoints, groups) a downstream stage trains from: every run's final checkpoint and, as the
-    from-scratch control, every architecture's random initialisation per seed. Groups pair MINR with MAE within
-    a seed (and initialisations with initialisations)."""
-    rows = [(r.name, b.ckpt(r.name), f"seed{r.seed}") for r in b.runs()]
-    if scratch:
-        seed = {r.name: r.seed for r in b.runs()}
-        rows += [(n, c, f"init-seed{seed[n.split('@')[0]]}") for n, c in b.scratch()]
-    names, ckpts, groups = zip(*rows, strict=True)
-    return names, ckpts, groups
 
 
 def _hashes(ckpts: list[str]) -> list[str]:
     from minr.checkpoint import stored_weights_sha256
 
     return [stored_weights_sha256(c) for c in ckpts]
-
-
-def _need(cfg: BenchConfig, section: str, value: str | None) -> str:
-    if value is None:
-        raise MinrError(f"the {cfg.name} preset needs --set {section}.dataset=NAME (for example imagefolder:PATH)")
-    return value
 
 
 def _settings(cfg: Any, *drop: str) -> dict[str, Any]:
@@ -180,26 +71,10 @@ class Stage:
 class Pretrain(Stage):
     name, does = "pretrain", "pretrain every model under one budget"
 
-    def _base(self, b: Bench) -> dict[str, Any]:
-        p = b.cfg.pretrain
-        return {
-            "data.name": _need(b.cfg, "pretrain", p.dataset),
-            "data.root": p.data_root,
-            "train.seed": p.seed,
-            "train.max_steps": p.steps,
-            "train.epochs": None,
-            "train.batch_size": p.batch_size,
-            **p.set,
-        }
-
-    def base_configs(self, b: Bench) -> dict[str, PretrainConfig]:
-        """Each model's config under the shared budget (the first seed's run)."""
-        return {m: default_config(m, self._base(b)) for m in b.cfg.models}
-
     def configs(self, b: Bench) -> dict[str, PretrainConfig]:
         """Every run's resolved config: the bench's runs (steps bound them; the recipes' epochs do not; the first
         seed keeps the learning curve's checkpoints, every run its initialisation), then the extra runs."""
-        p, base = b.cfg.pretrain, self._base(b)
+        p, base = b.cfg.pretrain, base_overrides(b)
         runs = {}
         for r in b.runs():
             first = r.seed == p.seed and r.matched_to is None
@@ -258,7 +133,7 @@ class Reconstruct(Stage):
         r = b.cfg.reconstruct
         return ReconConfig(
             ckpts=tuple(b.final() + b.extras()),
-            datasets=tuple(r.datasets) or (_need(b.cfg, "pretrain", b.cfg.pretrain.dataset),),
+            datasets=tuple(r.datasets) or (need(b.cfg, "pretrain", b.cfg.pretrain.dataset),),
             data_root=b.cfg.root("reconstruct"),
             split=r.split,
             mask_ratios=r.mask_ratios,
@@ -300,7 +175,7 @@ class Probe(Stage):
         from probes.run import ProbeConfig
 
         p, root = b.cfg.probe, b.cfg.root("probe")
-        dataset = _need(b.cfg, "probe", p.dataset)
+        dataset = need(b.cfg, "probe", p.dataset)
         curve = b.curve()
         cache = str(b.out / self.name / "cache")
         inits = [c for _, c in b.scratch_first()]  # the randomly initialised encoders, in the main table too
@@ -378,10 +253,8 @@ class Finetune(Stage):
         from finetune.configs import FinetuneConfig
 
         f = b.cfg.finetune
-        data = DataConfig(
-            name=_need(b.cfg, "finetune", f.dataset), root=b.cfg.root("finetune"), max_images=f.max_images
-        )
-        names, ckpts, groups = _encoders(b, scratch=f.scratch)
+        data = DataConfig(name=need(b.cfg, "finetune", f.dataset), root=b.cfg.root("finetune"), max_images=f.max_images)
+        names, ckpts, groups = encoders(b, scratch=f.scratch)
         return FinetuneConfig(
             ckpts=ckpts, names=names, groups=groups, data=data, epochs=f.epochs, batch_size=f.batch_size, seeds=f.seeds
         )
