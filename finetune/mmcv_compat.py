@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,4 +84,12 @@ def install() -> bool:
     import mmcv
 
     mmcv.ops = ops
+    # mmcv-lite cannot import its compiled deformable attention, which no minr model uses; mmcv says so on import.
+    # Only that notice, from that module, is silenced: every other warning still shows.
+    warnings.filterwarnings(
+        "ignore",
+        message="Fail to import ``MultiScaleDeformableAttention``",
+        category=UserWarning,
+        module=r"mmcv\.cnn\.bricks\.transformer",
+    )
     return True

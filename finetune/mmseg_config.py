@@ -37,7 +37,10 @@ def segmentor_config(
     """An mmseg EncoderDecoder: a light one-conv FCN head on the last map of a frozen backbone, or UPerNet with an
     auxiliary FCN head (MAE's mmseg recipe), with Feature2Pyramid in front when the maps share one stride
     (`pyramid`: token maps; per-pixel maps are already full resolution)."""
-    ce = {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": 1.0}
+    # avg_non_ignore: the loss is the mean over labelled pixels (PyTorch's cross_entropy), not over every pixel with
+    # ignored ones counted as zero (mmseg's old default): with ADE20K's ignored pixels the latter shrinks the loss
+    # image by image; on the scenes, which ignore none, both give the same number.
+    ce = {"type": "CrossEntropyLoss", "use_sigmoid": False, "loss_weight": 1.0, "avg_non_ignore": True}
     common = {"num_classes": num_classes, "norm_cfg": NORM, "align_corners": False, "ignore_index": ignore_index}
     fcn = {"type": "FCNHead", "num_convs": 1, "concat_input": False, "dropout_ratio": 0.1, **common}
     cfg: dict[str, Any] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,15 @@ def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -
         "bgr_to_rgb": info.in_chans == 3,
         "size_divisor": info.size_divisor,
     }
-    model = MODELS.build(
+    with warnings.catch_warnings():  # mmseg's own heads call its deprecated build_loss; nothing for a user to do
+        warnings.filterwarnings("ignore", message="``build_loss`` would be deprecated soon", category=UserWarning)
+        model = _build(backbone, info, feature, num_classes, frozen, cfg, preprocessor)
+    model.init_weights()
+    return model
+
+
+def _build(backbone, info, feature: str, num_classes: int, frozen: bool, cfg: SegConfig, preprocessor):
+    return MODELS.build(
         ConfigDict(
             segmentor_config(
                 backbone,
@@ -75,8 +84,6 @@ def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -
             )
         )
     )
-    model.init_weights()
-    return model
 
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
@@ -153,7 +160,7 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def evaluate(model, dataset, device: torch.device, batch_size: int = 16) -> dict[str, Any]:
     """mmseg's IoUMetric (aAcc, mIoU, mAcc, per-class IoU) plus each image's own mean IoU for paired statistics."""
     model.eval()
-    metric = IoUMetric(iou_metrics=["mIoU"])
+    metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")  # compute_metrics is called directly: names only
     metric.dataset_meta = dataset.metainfo
     preds = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=pseudo_collate):

@@ -30,7 +30,7 @@ from minr.sources import FASHION_CLASSES, SPLIT_SEED, Source, open_image, read_i
 __all__ = ["FASHION_CLASSES", "ImageDataset", "Source", "dataset_sources", "load_split", "read_idx"]
 
 SPLITS = ("train", "val", "test")
-DATASETS = "fashion-mnist, digits, photos, imagefolder:PATH, indoor67:PATH or celeba:PATH"
+DATASETS = "fashion-mnist, digits, photos (or photos:SIZE), imagefolder:PATH, indoor67:PATH or celeba:PATH"
 FOLDERS = {"imagefolder": folders.load_imagefolder, "indoor67": folders.load_indoor67, "celeba": folders.load_celeba}
 
 
@@ -134,8 +134,8 @@ def _sources(cfg: DataConfig) -> dict[str, Source]:
         raw = {"trainval": train, "test": test}
     elif kind == "digits" and not arg:
         raw = {"all": sources.load_digits()}
-    elif kind == "photos" and not arg:
-        raw = sources.load_photos()
+    elif kind == "photos":
+        raw = sources.load_photos(_crop_size(arg))
     elif kind in FOLDERS and arg:
         raw = FOLDERS[kind](Path(arg).expanduser())
     else:
@@ -148,6 +148,15 @@ def _sources(cfg: DataConfig) -> dict[str, Source]:
     if "trainval" in raw:
         raw["train"], raw["val"] = _carve(raw.pop("trainval"), cfg.val_fraction)
     return raw
+
+
+def _crop_size(arg: str) -> int:
+    """`photos` are 64-px crops; `photos:SIZE` crops SIZE px (what reconstruction uses: the model's own size)."""
+    if not arg:
+        return 64
+    if not arg.isdigit() or not 8 <= int(arg) <= 96:  # the val strip is 96 px wide
+        raise MinrError(f"photos:{arg}: the crop size must be a whole number of pixels from 8 to 96")
+    return int(arg)
 
 
 def data_inputs(cfg: DataConfig) -> list[Path]:

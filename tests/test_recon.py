@@ -204,3 +204,23 @@ def test_reconstruct_cli_end_to_end(two_domains, tmp_path, fashion_small):
         assert section in md
     for png in ("psnr_vs_ratio_digits_block.png", "transfer_matrix.png", "grid_digits.png"):
         assert (out / png).stat().st_size > 5000
+
+
+def test_photos_are_cropped_at_the_models_size():
+    """The out-of-domain photos are cut at the model's resolution: scaling larger crops down smooths them (nearest
+    visible pixel then reconstructs them well), so native crops carry more detail per pixel."""
+    from minr.config import DataConfig
+    from minr.data import load_split
+    from minr.errors import MinrError
+    from probes.recon.evaluate import ReconConfig, _data_config
+
+    assert _data_config(ReconConfig(ckpts=("x",)), "photos", 28).name == "photos:28"
+
+    def detail(name):
+        d = load_split(DataConfig(name=name, max_images=100), "test", image_size=28, in_chans=1)
+        x = torch.stack([d[i][0] for i in range(len(d))])
+        return float((x[..., 1:] - x[..., :-1]).abs().mean())
+
+    assert detail("photos:28") > 1.2 * detail("photos")
+    with pytest.raises(MinrError, match="from 8 to 96"):
+        load_split(DataConfig(name="photos:500"), "test", image_size=28, in_chans=1)

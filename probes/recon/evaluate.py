@@ -141,6 +141,8 @@ def native_shape(cfg: ReconConfig, dataset: str) -> tuple[int, int]:
     """(size, channels) of a dataset's own images: its arrays' shape, or its first file's."""
     from minr.sources import open_image
 
+    if dataset == "photos":
+        return 0, 3  # cropped at each model's own size: `adaptation` names only the channel change
     source = dataset_sources(_data_config(cfg, dataset))[cfg.split]
     if source.arrays is not None:
         a = source.arrays
@@ -152,23 +154,28 @@ def native_shape(cfg: ReconConfig, dataset: str) -> tuple[int, int]:
 def adaptation(native: tuple[int, int], size: int, chans: int) -> str:
     """How a dataset's images are made to fit a model, in words ("native" when nothing is done)."""
     parts = []
-    if native[0] != size:
+    if native[0] == 0:
+        parts.append(f"cropped at {size} px")
+    elif native[0] != size:
         parts.append(f"resize {native[0]}->{size} px")
     if native[1] != chans:
         parts.append("RGB->gray" if chans == 1 else "gray->RGB")
     return ", ".join(parts) or "native"
 
 
-def _data_config(cfg: ReconConfig, dataset: str) -> DataConfig:
+def _data_config(cfg: ReconConfig, dataset: str, size: int | None = None) -> DataConfig:
+    """The dataset's config; `photos` are cropped at the model's own resolution (`size`), not scaled down from
+    larger crops, which would smooth them until copying the nearest visible pixel reconstructs them."""
     root = cfg.data_root if dataset == "fashion-mnist" else None
-    return DataConfig(name=dataset, root=root, max_images=cfg.max_images)
+    name = f"photos:{size}" if dataset == "photos" and size else dataset
+    return DataConfig(name=name, root=root, max_images=cfg.max_images)
 
 
 def _images(cfg: ReconConfig, got: Collected, dataset: str, size: int, chans: int) -> torch.Tensor:
     """The split's images at a resolution and channel count, loaded once: (N, C, H, W)."""
     k = (dataset, size, chans)
     if k not in got.images:
-        data = load_split(_data_config(cfg, dataset), cfg.split, image_size=size, in_chans=chans)
+        data = load_split(_data_config(cfg, dataset, size), cfg.split, image_size=size, in_chans=chans)
         if len(data) == 0:
             raise MinrError(f"{dataset}: the {cfg.split} split has no images")
         got.images[k] = torch.stack([data[i][0] for i in range(len(data))])
@@ -241,7 +248,7 @@ def evaluate_floors(cfg: ReconConfig, got: Collected, bar) -> None:
             cells = []
             for dataset in cfg.datasets:
                 images = _images(cfg, got, dataset, size, chans)
-                train = load_split(_data_config(cfg, dataset), "train", image_size=size, in_chans=chans)
+                train = load_split(_data_config(cfg, dataset, size), "train", image_size=size, in_chans=chans)
                 train_mean = torch.stack([train[i][0] for i in range(min(len(train), 10000))]).mean(0)
                 for kind in cfg.mask_kinds:
                     for ratio in cfg.mask_ratios:
