@@ -28,6 +28,9 @@ def test_fashion_mnist_missing_lists_places(tmp_path, monkeypatch):
     monkeypatch.setenv("MINR_OFFLINE", "1")
     monkeypatch.setenv("MINR_DATA", str(tmp_path / "env"))
     monkeypatch.setattr("minr.sources.DEBIAN_FASHION_MNIST", str(tmp_path / "nowhere"))
+    from minr.data import _sources
+
+    _sources.cache_clear()  # an earlier test (a dry run) may have read the system copy under the same config
     with pytest.raises(MinrError, match="apt-get install -y dataset-fashion-mnist") as e:
         load_split(DataConfig(), "train", image_size=28, in_chans=1)
     assert str(tmp_path / "env") in str(e.value) and str(tmp_path / "nowhere") in str(e.value)
