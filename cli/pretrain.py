@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from cli.app import SEED, console, device_option, floats, main, quiet_option
-from minr.config import parse_set, to_yaml
+from minr.config import PretrainConfig, check_override, parse_set, to_yaml
 from probes.tables import print_table
 
 
@@ -63,7 +63,9 @@ def pretrain_cmd(
     quiet,
 ) -> None:
     """Pretrain a MINR hypernetwork or MAE; writes checkpoint, metrics.csv, config.yaml and summary.json."""
-    sets = parse_set(sets)  # a malformed --set is refused before torch is imported
+    sets = parse_set(sets)
+    for key, value in sets.items():  # keys and declared types refused before torch is imported
+        check_override(PretrainConfig, key, value)
     from minr.build import default_config
     from minr.train import prepare, pretrain
 

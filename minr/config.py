@@ -295,31 +295,40 @@ def _field(cls: type, key: str) -> tuple[list[str], Any]:
     return path, tp
 
 
+def check_override(cls: type, key: str, value: Any) -> list[str]:
+    """Check one dotted override against the declared fields of config class `cls`, before any config is built
+    (the CLI calls this before importing torch): the key names a field; a section (or a dict field such as
+    `model_args`) takes only a mapping, merged into it; a value has the field's declared type. Returns the key's
+    path in `to_dict` form."""
+    path, tp = _field(cls, key)
+    if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            first = dataclasses.fields(tp)[0].name if dataclasses.is_dataclass(tp) else "KEY"
+            given = "" if value is None else _show(value)
+            raise MinrError(
+                f"--set {key}={given}: {key} is a section, not a value; set its keys one at a time "
+                f"(--set {key}.{first}=...) or merge a mapping into it (--set '{key}={{{first}: ...}}')"
+            )
+        return path
+    try:
+        _coerce(value, tp, key)
+    except MinrError as e:
+        raise MinrError(f"--set {e}") from None
+    return path
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
-    """Apply dotted overrides (`{"mask.ratio": 0.6, "model_args.depth": 2}`), each checked where it enters: the key
-    names a field, the value has the field's declared type. A section (or a dict field such as `model_args`) is
-    set key by key, or a mapping is merged into it: a scalar or an empty value never resets it. Re-validated."""
+    """Apply dotted overrides (`{"mask.ratio": 0.6, "model_args.depth": 2}`), each checked where it enters
+    (`check_override`): a scalar or an empty value never resets a section, a mapping is merged into it. Then the
+    whole config re-validates."""
     data = to_dict(cfg)
     for key, value in overrides.items():
-        path, tp = _field(type(cfg), key)
+        path = check_override(type(cfg), key, value)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        if dataclasses.is_dataclass(tp) or typing.get_origin(tp) is dict:
-            if not isinstance(value, dict):
-                first = dataclasses.fields(tp)[0].name if dataclasses.is_dataclass(tp) else "KEY"
-                given = "" if value is None else _show(value)
-                raise MinrError(
-                    f"--set {key}={given}: {key} is a section, not a value; set its keys one at a time "
-                    f"(--set {key}.{first}=...) or merge a mapping into it (--set '{key}={{{first}: ...}}')"
-                )
-            node[path[-1]] = _merged(node.get(path[-1]) or {}, value)
-        else:
-            try:
-                _coerce(value, tp, key)
-            except MinrError as e:
-                raise MinrError(f"--set {e}") from None
-            node[path[-1]] = value
+        merge = isinstance(value, dict) and isinstance(node.get(path[-1]), dict | None)
+        node[path[-1]] = _merged(node.get(path[-1]) or {}, value) if merge else value
     return from_dict(type(cfg), data)
 
 

@@ -135,6 +135,9 @@ LIGHT_COMMANDS = [
     ["pretrain", "--model", "ginr_tiny"],
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "mask.ratio"],
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--seed", "-1"],
+    ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "train="],  # keys and types, before the registry
+    ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "train.max_steps=2.5"],
+    ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "optim.nme=1"],
     ["reconstruct"],
 ]
 
