@@ -65,7 +65,8 @@ def pretrain_cmd(
     """Pretrain a MINR hypernetwork or MAE; writes checkpoint, metrics.csv, config.yaml and summary.json."""
     sets = parse_set(sets)
     for key, value in sets.items():  # keys and declared types refused before torch is imported
-        check_override(PretrainConfig, key, value)
+        if key != "model":  # --set model=... is the config builder's to refuse, with what to use instead
+            check_override(PretrainConfig, key, value)
     from minr.build import default_config
     from minr.train import prepare, pretrain
 
