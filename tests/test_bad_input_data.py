@@ -465,7 +465,7 @@ def test_reconstruct_tables_say_the_ratio_they_measured(files, tmp_path):
 
 
 def test_validation_psnr_leaves_out_unmasked_images(files, tmp_path):
-    """A 0.1% Bernoulli training mask: the validation images without a masked pixel are counted, not scored at
+    """A 2.5% Bernoulli training mask: the validation images without a masked pixel are counted, not scored at
     100 dB in masked / pasted PSNR."""
     run = tmp_path / "run"
     args = [
