@@ -163,6 +163,10 @@ def _default(name: str, before: str = "") -> Callable[[], str]:
 @click.pass_context
 def finetune_cmd(ctx, task, dataset, data_root, max_images, out, resume, quiet, **params) -> None:
     """Fine-tune pretrained encoders for classification, or train mmsegmentation heads on them."""
+    from minr.io import output_location
+
+    folder = (dataset or "").partition(":")[2]  # every folder dataset is KIND:PATH; nothing is written inside one
+    output_location(out, inputs=[*params["ckpts"], *([folder] if folder else [])])  # checked before any work
     cls = _finetune_configs()[task]
     fields = set(cls.__dataclass_fields__) | {"task", "out", "resume", "quiet", "dataset", "max_images"}
     if task == "classification":
@@ -192,7 +196,9 @@ def finetune_cmd(ctx, task, dataset, data_root, max_images, out, resume, quiet, 
 def export_cmd(ckpt: str, target: str, out: str) -> None:
     """Write a pretrained encoder for mmseg (weights + UPerNet/ADE20K config) or timm (MAE only)."""
     from finetune.export import export
+    from minr.io import output_location
 
+    output_location(out, inputs=[ckpt])
     for what, path in export(ckpt, out, to=target).items():
         console.print(f"wrote {what}: {path}")
 
@@ -212,6 +218,8 @@ def data_group() -> None:
 def make_scenes_cmd(out, n_train, n_val, size, seed, data_root) -> None:
     """Segmentation scenes of 2-4 Fashion-MNIST garments, in mmseg's img_dir/ann_dir layout."""
     from finetune.scenes import make_fashion_scenes
+    from minr.io import output_location
 
+    output_location(out)
     path = make_fashion_scenes(out, n_train=n_train, n_val=n_val, size=size, seed=seed, data_root=data_root)
     console.print(f"wrote {n_train} train and {n_val} val scenes to {path} (use --dataset fashion-scenes:{path})")

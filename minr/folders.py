@@ -41,9 +41,12 @@ def _class_dirs(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")) if root.is_dir() else []
 
 
-def _scan_classes(root: Path, classes: tuple[str, ...] | None = None) -> tuple[list[str], list[int], tuple[str, ...]]:
+def _scan_classes(
+    root: Path, classes: tuple[str, ...] | None = None, *, flat_ok: bool = False
+) -> tuple[list[str], list[int], tuple[str, ...]]:
     """Images of `root/<class>/...`; with `classes` (the train split's), each folder's label is its index there,
-    so every split of a dataset agrees on what label 3 means."""
+    so every split of a dataset agrees on what label 3 means. `flat_ok`: images directly in `root` would have
+    been read too (what the error says)."""
     names = _class_dirs(root)
     if classes is not None:
         unknown = [n for n in names if n not in classes]
@@ -55,7 +58,8 @@ def _scan_classes(root: Path, classes: tuple[str, ...] | None = None) -> tuple[l
     classes = classes or tuple(names)
     found = {name: _image_files(root / name) for name in names}
     if not any(found.values()):
-        raise _no_images(root, f"{root}/<class>/<image> (ImageFolder layout)")
+        flat = f"{root}/<image> or " if flat_ok else ""
+        raise _no_images(root, f"{flat}{root}/<class>/<image> (ImageFolder layout)")
     empty = [name for name, f in found.items() if not f]
     if empty:
         raise MinrError(f"class folder {root / empty[0]} holds no images (minr reads {_formats()}); fill or remove it")
@@ -77,7 +81,7 @@ def load_imagefolder(path: Path) -> dict[str, Source]:
     if flat and not _class_dirs(path):
         return {"all": _files_source(flat, [0] * len(flat), (path.name,))}
     if not (path / "train").is_dir():
-        return {"all": _files_source(*_scan_classes(path))}
+        return {"all": _files_source(*_scan_classes(path, flat_ok=True))}
     train = _files_source(*_scan_classes(path / "train"))
     others = {s: _files_source(*_scan_classes(path / s, train.classes)) for s in ("val", "test") if (path / s).is_dir()}
     if "test" in others:

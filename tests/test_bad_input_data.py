@@ -211,6 +211,15 @@ LOSS = [
         ["{two}/a/probe"],
     ),
     (["reconstruct", "{ginr}", "--out", "{user_file}"], "is a file, not a folder", ["{user_file}"], []),
+    (["export", "{ginr}", "--to", "mmseg", "--out", ""], "--out is empty", ["{tmp}"], []),
+    (["export", "{ginr}", "--to", "mmseg", "--out", "{ginr}"], "is a file", ["{ginr}"], []),
+    (["data", "make-fashion-scenes", "--out", "", "--n-train", "1", "--n-val", "1"], "--out is empty", ["{tmp}"], []),
+    (
+        ["finetune", "--task", "segmentation", "--ckpt", "{ginr}", "--dataset", "seg:{two}", "--out", "{two}/seg"],
+        "an input folder of this command",
+        ["{two}"],
+        ["{two}/seg"],
+    ),
     (["pretrain", "--model", "mae_tiny", "--out", "{user_file}/run"], "is a file, so nothing", ["{user_file}"], []),
     # a command that fails early leaves no folder behind, and only what it created goes
     (
@@ -456,7 +465,7 @@ def test_reconstruct_tables_say_the_ratio_they_measured(files, tmp_path):
 
 
 def test_validation_psnr_leaves_out_unmasked_images(files, tmp_path):
-    """A 0.1% Bernoulli training mask: the validation images without a masked pixel are counted, not scored at
+    """A 2.5% Bernoulli training mask: the validation images without a masked pixel are counted, not scored at
     100 dB in masked / pasted PSNR."""
     run = tmp_path / "run"
     args = [
