@@ -124,6 +124,13 @@ def _default(name: str, before: str = "") -> Callable[[], str]:
     return text
 
 
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise MinrError(f"{option}: expected comma-separated whole numbers like 1 or 0,1,2,3, got {text!r}") from None
+
+
 @main.command("finetune")
 @click.option("--task", type=click.Choice(["classification", "segmentation"]), required=True)
 @ckpts_option
@@ -155,8 +162,15 @@ def _default(name: str, before: str = "") -> Callable[[], str]:
     "--backbone",
     "backbones",
     multiple=True,
-    type=click.Choice(["tokens", "inr"]),
-    help="Segmentation features: transformer tokens, and/or per-pixel INR activations (MINR). [default: tokens]",
+    type=click.Choice(["tokens", "inr", "inr+tokens", "pixels"]),
+    help="Segmentation features (repeat for several): transformer tokens, per-pixel INR activations (MINR), both "
+    "side by side, or pixels: the image itself under the same head, the floor. [default: tokens]",
+)
+@click.option(
+    "--inr-layers",
+    default=None,
+    help="Segmentation: the INR hidden layers of the per-pixel features, e.g. 1 or 0,1,2,3 "
+    "[default: the encoder's own]",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @run_options(resume=True)
@@ -182,8 +196,13 @@ def finetune_cmd(ctx, task, dataset, data_root, max_images, out, resume, quiet, 
 
         if not dataset:
             raise MinrError("--task segmentation needs --dataset fashion-scenes:PATH, ade20k:PATH or seg:PATH")
+        layers = params.pop("inr_layers")
         cfg = config_from(
-            cls, {**params, "backbones": params["backbones"] or None}, dataset=dataset, max_images=max_images
+            cls,
+            {**params, "backbones": params["backbones"] or None},
+            dataset=dataset,
+            max_images=max_images,
+            inr_layers=None if layers is None else _ints(layers, "--inr-layers"),
         )
         run_segmentation(cfg, out, resume=resume, progress=not quiet)
     console.print(f"wrote {out}/results.json, results.md")

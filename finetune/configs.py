@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from minr.config import DataConfig
 from minr.errors import MinrError
 
-FEATURES = ("tokens", "inr")  # segmentation backbone features: token maps, or MINR's per-pixel INR activations
+# Segmentation backbone features: an encoder's token maps, MINR's per-pixel INR activations, both side by side,
+# or the image itself through the same head with no encoder at all (the floor an encoder must beat).
+FEATURES = ("tokens", "inr", "inr+tokens", "pixels")
+DENSE_FEATURES = ("inr", "inr+tokens")  # the ones that need an encoder with per-pixel features (MINR)
 
 
 def _option(name: str) -> str:
@@ -89,6 +92,7 @@ class SegConfig(TrainingSettings):
     head_channels: int = 64
     crop: int | None = None
     max_images: int | None = None
+    inr_layers: tuple[int, ...] | None = None  # INR hidden layers of the per-pixel features; None: the encoder's own
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,5 +102,10 @@ class SegConfig(TrainingSettings):
             raise MinrError("--max-steps must be >= 1, got None")
         if self.regime not in ("full", "frozen"):
             raise MinrError(f"--regime must be full or frozen, got {self.regime!r}")
-        if set(self.backbones) - set(FEATURES):
-            raise MinrError(f"--backbone must be tokens or inr, got {self.backbones}")
+        bad = [b for b in self.backbones if b not in FEATURES]
+        if bad or not self.backbones:
+            raise MinrError(f"--backbone must be one of {', '.join(FEATURES)}, got {bad[0] if bad else 'nothing'!r}")
+        if self.inr_layers is not None and not self.inr_layers:
+            raise MinrError("--inr-layers: give at least one INR layer, e.g. 1 or 1,3")
+        if self.crop is not None and self.crop < 1:
+            raise MinrError(f"--crop must be >= 1, got {self.crop}")

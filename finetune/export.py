@@ -20,12 +20,12 @@ import torch
 from safetensors.torch import save_file
 
 import finetune  # noqa: F401  (mmcv.ops stand-in before mmseg)
-from finetune.mmseg_config import IMAGENET, backbone_levels, segmentor_config
+from finetune.mmseg_config import IMAGENET, backbone_levels, build_model, preprocessor, segmentor_config
 from finetune.seg_backbone import MinrBackbone
 from minr.build import model_from_checkpoint
 from minr.config import PretrainConfig
 from minr.errors import MinrError
-from minr.io import atomic_write_bytes, atomic_write_text, publish, tmp_path
+from minr.io import atomic_write_bytes, atomic_write_text, publish, tmp_path, writing
 from minr.models import Encoder
 
 ENC = MinrBackbone.ENCODER_PREFIX  # where MINR's encoder lies in the backbone that mmseg builds
@@ -54,7 +54,7 @@ def mae_to_mmseg_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def _backbone_cfg(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str, Any]:
     info = model.info()
-    levels = list(backbone_levels(info, feature="tokens", frozen=False))
+    levels = list(backbone_levels(info, frozen=False))
     init = {"type": "Pretrained", "checkpoint": weights}
     if info.family == "mae":  # mmseg's own MAE backbone
         return {
@@ -83,11 +83,8 @@ def _backbone_cfg(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str
     }
 
 
-def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str, Any]:
-    """UPerNet on ADE20K, 512 crop, AdamW lr 1e-4 wd 0.05 layer decay 0.65, 1,500 warm-up iters then poly,
-    160k iterations, batch 16 (mmseg's mae-base_upernet_8xb2-amp-160k_ade20k-512x512)."""
-    info = model.info()
-    c = info.in_chans
+def _ade20k_loaders() -> dict[str, Any]:
+    """mmseg's ADE20K 512-crop pipelines and loaders (batch 2 per GPU x 8 GPUs = 16), label 0 ignored."""
     train_pipe = [
         {"type": "LoadImageFromFile"},
         {"type": "LoadAnnotations", "reduce_zero_label": True},
@@ -118,29 +115,19 @@ def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str,
             },
         }
 
-    preprocessor = {"mean": IMAGENET["mean"][:c], "std": IMAGENET["std"][:c], "bgr_to_rgb": True, "size": (512, 512)}
-    out = {
-        "default_scope": "mmseg",
-        "model": segmentor_config(
-            _backbone_cfg(model, cfg, weights),
-            channels=info.width,
-            num_classes=150,
-            frozen=False,
-            pyramid=True,
-            head_channels=768,
-            aux_channels=256,
-            preprocessor=preprocessor,
-        ),
-        "train_dataloader": loader("training", train_pipe, 2, True),
-        "val_dataloader": loader("validation", test_pipe, 1, False),
-        "test_dataloader": loader("validation", test_pipe, 1, False),
-        "val_evaluator": {"type": "IoUMetric", "iou_metrics": ["mIoU"]},
-        "test_evaluator": {"type": "IoUMetric", "iou_metrics": ["mIoU"]},
+    val = loader("validation", test_pipe, 1, False)
+    return {"train_dataloader": loader("training", train_pipe, 2, True), "val_dataloader": val, "test_dataloader": val}
+
+
+def _mae_schedule(depth: int) -> dict[str, Any]:
+    """AdamW lr 1e-4, wd 0.05, layer decay 0.65, 1,500 warm-up iterations then poly to 160k, checkpoints and
+    validation every 16k."""
+    return {
         "optim_wrapper": {
             "type": "AmpOptimWrapper",
             "optimizer": {"type": "AdamW", "lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.05},
             "constructor": "LayerDecayOptimizerConstructor",
-            "paramwise_cfg": {"num_layers": info.depth, "layer_decay_rate": 0.65},
+            "paramwise_cfg": {"num_layers": depth, "layer_decay_rate": 0.65},
         },
         "param_scheduler": [
             {"type": "LinearLR", "start_factor": 1e-6, "by_epoch": False, "begin": 0, "end": 1500},
@@ -153,8 +140,31 @@ def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str,
             "checkpoint": {"type": "CheckpointHook", "by_epoch": False, "interval": 16000},
             "logger": {"type": "LoggerHook", "interval": 50},
         },
-        "env_cfg": {"dist_cfg": {"backend": "nccl"}},
     }
+
+
+def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str, Any]:
+    """UPerNet on ADE20K, 512 crop, AdamW lr 1e-4 wd 0.05 layer decay 0.65, 1,500 warm-up iters then poly,
+    160k iterations, batch 16 (mmseg's mae-base_upernet_8xb2-amp-160k_ade20k-512x512)."""
+    info = model.info()
+    c = info.in_chans
+    data = preprocessor(c, info.size_divisor, mean=IMAGENET["mean"][:c], std=IMAGENET["std"][:c], size=(512, 512))
+    data["bgr_to_rgb"] = True
+    segmentor = segmentor_config(
+        _backbone_cfg(model, cfg, weights),
+        channels=info.width,
+        num_classes=150,
+        frozen=False,
+        token_pyramid=True,
+        head_channels=768,
+        aux_channels=256,
+        data_preprocessor=data,
+        avg_non_ignore=False,  # mmseg's published recipe, for numbers comparable with its 48.13 mIoU
+    )
+    segmentor["test_cfg"] = {"mode": "slide", "crop_size": (512, 512), "stride": (341, 341)}  # as mmseg's config
+    out = {"default_scope": "mmseg", "model": segmentor, **_ade20k_loaders()}
+    out["val_evaluator"] = out["test_evaluator"] = {"type": "IoUMetric", "iou_metrics": ["mIoU"]}
+    out |= _mae_schedule(info.depth) | {"env_cfg": {"dist_cfg": {"backend": "nccl"}}}
     if info.family == "minr":  # mmseg must import minr's backbone; mmseg's layer decay needs its own naming
         out["custom_imports"] = {"imports": ["finetune.seg_backbone"], "allow_failed_imports": False}
         out["optim_wrapper"].pop("constructor")
@@ -164,14 +174,12 @@ def mmseg_config(model: Encoder, cfg: PretrainConfig, weights: str) -> dict[str,
 
 def _mmseg_weights(model: Encoder, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     """Backbone weights in mmseg's names, checked against the backbone that mmseg builds."""
-    from mmseg.registry import MODELS
-
     bb = _backbone_cfg(model, cfg, "")
     bb.pop("init_cfg")
     mae = model.info().family == "mae"
     if mae:
         bb["img_size"] = (model.image_size, model.image_size)
-    target = MODELS.build(bb).state_dict()
+    target = build_model(bb).state_dict()
     if mae:
         weights = mae_to_mmseg_keys(model.state_dict())
         for k, v in target.items():  # identity for BEiT-only parts: layer scale 1, relative position bias 0
@@ -240,10 +248,11 @@ def _export_timm(model: Encoder, out: Path) -> dict[str, str]:
     weights = {k: v.contiguous() for k, v in model.state_dict().items() if model.is_encoder_parameter(k)}
     vit = VisionTransformer(**timm_kwargs(model), norm_layer=partial(torch.nn.LayerNorm, eps=1e-6))
     vit.load_state_dict(weights, strict=True)  # refuses before writing when anything differs
-    out.mkdir(parents=True, exist_ok=True)
     path = out / "model.safetensors"
     tmp = tmp_path(path)
-    save_file(weights, str(tmp))
+    with writing(path):  # an unwritable --out, or a full disk, is one line that names it
+        out.mkdir(parents=True, exist_ok=True)
+        save_file(weights, str(tmp))
     publish(tmp, path)
     atomic_write_text(
         out / "timm_config.json",

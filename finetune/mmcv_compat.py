@@ -79,6 +79,11 @@ def install() -> bool:
         raise ModuleNotFoundError(f"mmcv.ops.{name} needs compiled mmcv (not needed by minr's segmentation)")
 
     ops.__getattr__ = __getattr__
+    # mmcv's transformer bricks try this op at import (whenever mmseg's registry loads its models) and warn that it
+    # needs full mmcv: true, and by design here (no minr model uses it). Only that one message is silenced.
+    warnings.filterwarnings(
+        "ignore", message=r"Fail to import ``MultiScaleDeformableAttention``", category=UserWarning, module=r"mmcv\."
+    )
     sys.modules["mmcv.ops"] = ops
     sys.modules["mmcv.ops.point_sample"] = point_sample
     import mmcv

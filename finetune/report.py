@@ -1,5 +1,5 @@
-"""Typed results of fine-tuning and segmentation, and their results.json / results.md / predictions.npz and rich
-table. Writers never change the results they are given."""
+"""Typed results of classification fine-tuning (segmentation's: `finetune.seg_results`), and their results.json /
+results.md / predictions.npz and rich table. Writers never change the results they are given."""
 
 from __future__ import annotations
 
@@ -33,31 +33,12 @@ class FinetuneEntry:
 
 
 @dataclass(frozen=True)
-class SegEntry:
-    """One checkpoint x backbone feature trained for segmentation: mIoU (a fraction) over seeds, and the rest."""
-
-    name: str
-    ckpt: str
-    family: str
-    feature: str
-    mean: float
-    std: float
-    per_seed: list[float]
-    mAcc: float
-    aAcc: float
-    per_class_IoU: dict[str, float]
-    train_images_per_s: float | None
-    first_loss: float | None  # of this session's steps: a resumed run that had finished has none
-    last_loss: float | None
-
-
-@dataclass(frozen=True)
 class FinetuneResults:
-    task: str  # "classification" or "segmentation"
+    task: str  # "classification"
     config: dict[str, Any]
-    entries: list[FinetuneEntry] | list[SegEntry]
+    entries: list[FinetuneEntry]
     paired: list[Paired]
-    evaluated_images: int  # test images (classification) or val images (segmentation)
+    evaluated_images: int  # test images
     runtime_s: float
     git_sha: str
     hardware: dict[str, Any]
@@ -72,13 +53,6 @@ def run_name(ckpt: str, taken: set[str], given: str | None = None) -> tuple[str,
 
 
 def _columns(results: FinetuneResults) -> tuple[list[str], list[list[str]]]:
-    if results.task == "segmentation":
-        head = ["model:feature", "mIoU (mean ± std)", "mAcc", "aAcc", "train img/s"]
-        rows = [
-            [e.name, f"{pct(e.mean)} ± {pct(e.std)}", pct(e.mAcc), pct(e.aAcc), f"{e.train_images_per_s or 0:.0f}"]
-            for e in results.entries
-        ]
-        return head, rows
     head = ["model", "test accuracy % (mean ± std)", "train img/s"]
     rows = [[e.name, f"{pct(e.mean)} ± {pct(e.std)}", f"{e.train_images_per_s or 0:.0f}"] for e in results.entries]
     return head, rows
@@ -100,11 +74,16 @@ def markdown(results: FinetuneResults) -> str:
     return "\n".join(parts)
 
 
-def write_results(results: FinetuneResults, out: Path, arrays: dict[str, np.ndarray]) -> None:
-    """results.json, results.md and predictions.npz (per-image predictions or IoU) into `out`; print the table."""
+def write_files(out: Path, results: Any, text: str, arrays: dict[str, np.ndarray]) -> None:
+    """results.json (the typed results as they are), results.md (`text`) and predictions.npz into `out`."""
     write_json(out / "results.json", dataclasses.asdict(results))
-    atomic_write_text(out / "results.md", markdown(results))
+    atomic_write_text(out / "results.md", text)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(out / "predictions.npz", buf.getvalue())
+
+
+def write_results(results: FinetuneResults, out: Path, arrays: dict[str, np.ndarray]) -> None:
+    """results.json, results.md and predictions.npz (per-image predictions) into `out`; print the table."""
+    write_files(out, results, markdown(results), arrays)
     print_table(*_columns(results), title=results.task)

@@ -1,4 +1,6 @@
-"""A PNG of segmentation predictions with column titles: image, ground truth, then each model's prediction."""
+"""What a segmentation run writes: results.json / results.md / predictions.npz from the typed results (the main
+table with the pixel floor, per-class IoU, the paired comparisons), the printed table, and a PNG of predictions
+with column titles (image, ground truth, then each model's prediction). Writers never change the results."""
 
 from __future__ import annotations
 
@@ -7,7 +9,65 @@ from pathlib import Path
 
 import numpy as np
 
+from finetune.report import write_files
+from finetune.seg_results import SegResults
 from minr.io import atomic_write_bytes
+from probes.stats import Paired
+from probes.tables import markdown_table, pct, print_table, signed_pct
+
+
+def main_table(results: SegResults) -> tuple[list[str], list[list[str]]]:
+    """One row per model x feature: mIoU (mean ± std over seeds), mAcc, aAcc, the difference to the pixel floor."""
+    floor = results.floor
+    head = ["model:feature", "mIoU (mean ± std)", "mAcc", "aAcc", "vs pixels (pts)", "train img/s"]
+    rows = [
+        [
+            e.name + (" (floor)" if e.is_floor else ""),
+            f"{pct(e.mean)} ± {pct(e.std)}",
+            pct(e.mAcc),
+            pct(e.aAcc),
+            "" if floor is None or e.is_floor else signed_pct(e.mean - floor.mean),
+            f"{e.train_images_per_s or 0:.0f}",
+        ]
+        for e in results.entries
+    ]
+    return head, rows
+
+
+def per_class_table(results: SegResults) -> tuple[list[str], list[list[str]]]:
+    """IoU per class (rows) and model x feature (columns); "-" where the class is in no image nor prediction."""
+    head = ["class", *(e.name for e in results.entries)]
+    rows = [
+        [c, *(pct(e.per_class_IoU.get(c)) if e.per_class_IoU.get(c) is not None else "-" for e in results.entries)]
+        for c in results.classes
+    ]
+    return head, rows
+
+
+def _paired_table(paired: list[Paired], a: str, b: str) -> str:
+    rows = [
+        [p.a, p.b, signed_pct(p.diff), f"[{signed_pct(p.ci_low)}, {signed_pct(p.ci_high)}]", f"{p.p:.3g}"]
+        for p in paired
+    ]
+    return markdown_table([a, b, "diff (pts)", "95% CI", "p"], rows)
+
+
+def markdown(results: SegResults) -> str:
+    regime = results.config.get("regime", "")
+    parts = [f"# segmentation ({regime})\n", markdown_table(*main_table(results))]
+    parts += ["## IoU per class\n", markdown_table(*per_class_table(results))]
+    tests = "per-image IoU; bootstrap 95% CI; Wilcoxon signed-rank"
+    if results.paired:
+        parts += [f"## Paired MINR - MAE ({tests})\n", _paired_table(results.paired, "MINR", "MAE")]
+    if results.vs_floor:
+        parts += [f"## Paired encoder - pixel floor ({tests})\n", _paired_table(results.vs_floor, "encoder", "floor")]
+    return "\n".join(parts)
+
+
+def write_results(results: SegResults, out: Path, arrays: dict[str, np.ndarray]) -> None:
+    """results.json, results.md and predictions.npz (per-image IoU) into `out`; print the main table."""
+    write_files(out, results, markdown(results), arrays)
+    print_table(*main_table(results), title=f"segmentation ({results.config.get('regime', '')})")
 
 
 def palette(num_classes: int) -> np.ndarray:

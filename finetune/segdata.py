@@ -66,6 +66,8 @@ class SegDatasetInfo:
 
 
 def resolve(name: str) -> SegDatasetInfo:
+    """The dataset a name points to, every file checked before any training: layout, one image format, classes,
+    image/annotation pairs and sizes, and (decoding each file once) readable images and valid label maps."""
     kind, sep, path = name.partition(":")
     if not sep:
         kind, path = "seg", name
@@ -87,13 +89,12 @@ def resolve(name: str) -> SegDatasetInfo:
         )
     else:
         dirs = {s: f"img_dir/{s}" for s in ("train", "val")}
-        info = SegDatasetInfo(
-            kind, root, (), dirs, {s: f"ann_dir/{s}" for s in ("train", "val")}, _suffix(root / dirs["train"])
-        )
+        anns = {s: f"ann_dir/{s}" for s in ("train", "val")}
+        info = SegDatasetInfo(kind, root, (), dirs, anns, _suffix(root, dirs))
         info = SegDatasetInfo(**{**info.__dict__, "classes": _classes(root, info)})
     for split in ("train", "val"):
         check_pairs(info, split)
-    check_labels(info)
+    check_files(info)
     return info
 
 
@@ -102,52 +103,115 @@ def label_cache_dir() -> Path:
     return base.parent / "seg-labels"
 
 
-def check_labels(info: SegDatasetInfo) -> None:
-    """Every annotation's labels are classes or the ignore index, checked up front (so a short run cannot miss a
-    bad file, and a bad validation label cannot fail only after training). One pass over the files, remembered
-    under a fingerprint of their names, sizes and times."""
-    files = sorted(p for split in ("train", "val") for p in (info.root / info.ann_dirs[split]).glob("*.png"))
-    h = hashlib.sha256(f"{info.kind}|{len(info.classes)}|{info.reduce_zero_label}".encode())
-    for p in files:
+def _pairs(info: SegDatasetInfo) -> list[tuple[Path, Path]]:
+    out = []
+    for split in ("train", "val"):
+        img_dir, ann_dir = info.root / info.img_dirs[split], info.root / info.ann_dirs[split]
+        out += [(p, ann_dir / (p.stem + ".png")) for p in sorted(img_dir.glob("*" + info.img_suffix))]
+    return out
+
+
+def check_files(info: SegDatasetInfo) -> None:
+    """Every image decodes and every annotation is a one-channel label map of classes or the ignore index, checked
+    up front (so a short run cannot miss a bad file, and a bad validation file cannot fail only after training).
+    One pass over the files, remembered under a fingerprint of their names, sizes and times."""
+    pairs = _pairs(info)
+    h = hashlib.sha256(f"{info.kind}|{len(info.classes)}|{info.reduce_zero_label}|v2".encode())
+    for p in (f for pair in pairs for f in pair):
         st = p.stat()
         h.update(f"{p.relative_to(info.root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     done = label_cache_dir() / f"{h.hexdigest()[:32]}.json"
     if done.is_file():
         return
+    for img, ann in pairs:
+        _decode(img, "image")
+        _check_labels(ann, _decode(ann, "annotation"), info)
+    with contextlib.suppress(MinrError):  # an unwritable cache only means checking again next time
+        write_json(done, {"files": 2 * len(pairs), "classes": len(info.classes)})
+
+
+def _decode(path: Path, what: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MinrError(f"{what} {path} cannot be read ({e}); replace or remove it (with its pair)") from None
+
+
+def _check_labels(path: Path, img: Image.Image, info: SegDatasetInfo) -> None:
+    if img.mode not in ("L", "P", "I;16", "I"):
+        raise MinrError(
+            f"annotation {path} is a {img.mode} image; labels must be one channel (a grayscale or palette PNG "
+            "holding one class index per pixel)"
+        )
+    values = np.unique(np.asarray(img))
     n = len(info.classes)
     top = n if info.reduce_zero_label else n - 1  # ADE20K's raw labels are 1..150, 0 = ignore
-    for p in files:
-        with Image.open(p) as img:
-            values = np.unique(np.asarray(img))
-        bad = values[(values > top) & (values != 255)]
-        if bad.size:
+    bad = values[(values > top) & (values != 255)]
+    if bad.size:
+        raise MinrError(
+            f"annotation {path} has label {int(bad.max())} but the dataset has {n} classes "
+            f"({'1..' + str(n) + ', 0' if info.reduce_zero_label else '0..' + str(n - 1) + ', 255'} = ignore)"
+        )
+
+
+def _suffix(root: Path, dirs: dict[str, str]) -> str:
+    """The one image suffix of both splits (mmseg lists one suffix per dataset, case included)."""
+    found: dict[str, Path] = {}
+    for split in ("train", "val"):
+        folder = root / dirs[split]
+        if not folder.is_dir():
             raise MinrError(
-                f"annotation {p} has label {int(bad.max())} but the dataset has {n} classes "
-                f"({'1..' + str(n) + ', 0' if info.reduce_zero_label else '0..' + str(n - 1) + ', 255'} = ignore)"
+                f"{folder} is missing; expected the mmseg layout img_dir/{{train,val}} + ann_dir/{{train,val}}"
             )
-    with contextlib.suppress(MinrError):  # an unwritable cache only means checking again next time
-        write_json(done, {"files": len(files), "classes": n})
-
-
-def _suffix(folder: Path) -> str:
-    if not folder.is_dir():
-        raise MinrError(f"{folder} is missing; expected the mmseg layout img_dir/{{train,val}} + ann_dir/{{train,val}}")
-    suffixes = {p.suffix.lower() for p in folder.iterdir() if p.suffix.lower() in IMG_SUFFIXES}
-    if not suffixes:
-        raise MinrError(f"no images (.png/.jpg) in {folder}")
-    return sorted(suffixes)[0]
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMG_SUFFIXES:
+                found.setdefault(p.suffix, p)
+    if not found:
+        raise MinrError(f"no images (.png/.jpg/.jpeg) in {root / dirs['train']} or {root / dirs['val']}")
+    if len(found) > 1:
+        examples = ", ".join(str(p) for p in found.values())
+        raise MinrError(
+            f"{root}/img_dir holds images of several suffixes ({examples}); mmseg reads one per dataset: "
+            "convert them to one format and suffix"
+        )
+    return next(iter(found))
 
 
 def _classes(root: Path, info: SegDatasetInfo) -> tuple[str, ...]:
     if (root / "classes.json").is_file():
-        return tuple(json.loads((root / "classes.json").read_text())["classes"])
+        return _classes_json(root / "classes.json")
     if (root / "classes.txt").is_file():
-        return tuple(ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip())
+        names = tuple(ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip())
+        return _checked_classes(names, root / "classes.txt")
     top = 0
     for p in (root / info.ann_dirs["train"]).glob("*.png"):
-        a = np.asarray(Image.open(p))
+        a = np.asarray(_decode(p, "annotation"))
         top = max(top, int(a[a != 255].max(initial=0)))
     return tuple(str(i) for i in range(top + 1))
+
+
+def _classes_json(path: Path) -> tuple[str, ...]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MinrError(f'{path} is not valid JSON ({e}); it should be {{"classes": ["name", ...]}}') from None
+    names = data.get("classes") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
+        raise MinrError(f'{path} needs a "classes" list of names, e.g. {{"classes": ["background", "cat"]}}')
+    return _checked_classes(tuple(names), path)
+
+
+def _checked_classes(names: tuple[str, ...], path: Path) -> tuple[str, ...]:
+    if len(names) < 2:
+        raise MinrError(f"{path} lists {len(names)} class(es); segmentation needs at least 2 (background included)")
+    if len(names) > 255:
+        raise MinrError(f"{path} lists {len(names)} classes; at most 255 fit, 255 being the ignore label")
+    dup = next((c for c in names if names.count(c) > 1), None)
+    if dup is not None:
+        raise MinrError(f"{path} lists class {dup!r} twice; each class needs its own name")
+    return names
 
 
 def check_pairs(info: SegDatasetInfo, split: str) -> None:
@@ -156,21 +220,26 @@ def check_pairs(info: SegDatasetInfo, split: str) -> None:
     for d in (img_dir, ann_dir):
         if not d.is_dir():
             raise MinrError(f"{d} is missing; expected the {info.kind} layout")
-    imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix.lower() in IMG_SUFFIXES}
+    imgs = {p.stem: p for p in img_dir.iterdir() if p.suffix == info.img_suffix}
     anns = {p.stem: p for p in ann_dir.iterdir() if p.suffix.lower() == ".png"}
     for stem in sorted(imgs.keys() - anns.keys())[:1]:
         raise MinrError(f"image {imgs[stem]} has no annotation {ann_dir / (stem + '.png')}")
     for stem in sorted(anns.keys() - imgs.keys())[:1]:
         raise MinrError(f"annotation {anns[stem]} has no image in {img_dir}")
     if not imgs:
-        raise MinrError(f"no images in {img_dir}")
+        raise MinrError(f"no {info.img_suffix} images in {img_dir}")
     for stem in sorted(imgs):
-        with Image.open(imgs[stem]) as a, Image.open(anns[stem]) as b:
-            if a.size != b.size:
-                raise MinrError(
-                    f"annotation {anns[stem]} is {b.size[0]}x{b.size[1]} but image {imgs[stem]} is "
-                    f"{a.size[0]}x{a.size[1]}"
-                )
+        a, b = _size(imgs[stem], "image"), _size(anns[stem], "annotation")
+        if a != b:
+            raise MinrError(f"annotation {anns[stem]} is {b[0]}x{b[1]} but image {imgs[stem]} is {a[0]}x{a[1]}")
+
+
+def _size(path: Path, what: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise MinrError(f"{what} {path} cannot be read ({e}); replace or remove it (with its pair)") from None
 
 
 def build_dataset(

@@ -2,31 +2,32 @@
 FCN head on a frozen backbone, on minr encoders; trained by the one training loop, scored by mmseg's IoUMetric.
 
 Regimes: "full" fine-tunes the backbone with layer-decayed AdamW (the MAE mmseg recipe: warm-up then poly);
-"frozen" trains only a one-conv FCN head on the last feature map (the cheap dense probe).
+"frozen" trains only a one-conv FCN head on the backbone's map (the cheap dense probe). Backbone features: token
+maps, per-pixel INR activations (MINR), both, or the image itself (the floor: the same head with no encoder).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from mmengine.config import ConfigDict
 from mmengine.dataset import pseudo_collate
 from mmseg.evaluation import IoUMetric
-from mmseg.registry import MODELS
+from timm.optim import param_groups_weight_decay
 from torch.utils.data import DataLoader
 
 from finetune import segdata
-from finetune.configs import SegConfig
-from finetune.mmseg_config import backbone_levels, segmentor_config
-from finetune.report import FinetuneResults, SegEntry, write_results
-from finetune.seg_backbone import MinrBackbone  # noqa: F401  (registers the backbone)
+from finetune.configs import DENSE_FEATURES, SegConfig
+from finetune.mmseg_config import backbone_levels, build_model, preprocessor, segmentor_config
+from finetune.seg_backbone import dense_channels
+from finetune.seg_results import FLOOR_FAMILY, SegEntry, SegResults
 from minr.build import encoder_skeleton
 from minr.checkpoint import checkpoint_meta
 from minr.errors import MinrError
@@ -35,62 +36,110 @@ from minr.loop import LoopPlan, StepResult, fit, open_run, restore
 from minr.optim import layer_decay_groups
 from minr.progress import console
 from minr.runtime import hardware, resolve_device
-from probes.stats import minr_vs_mae
+from probes.stats import compare, minr_vs_mae
 
 CKPT = "segmentation.safetensors"
 
 
-def build_segmentor(cfg: SegConfig, ckpt: str, feature: str, num_classes: int) -> torch.nn.Module:
-    encoder, _ = encoder_skeleton(ckpt)  # shapes only; MinrBackbone loads the weights
-    info = encoder.info()
-    if feature == "inr" and not info.dense_levels:
-        raise MinrError(
-            f"--backbone inr needs per-pixel features; {ckpt} ({info.family}) has none (MINR encoders have)"
-        )
-    frozen = cfg.regime == "frozen"
-    backbone = {
-        "type": "MinrBackbone",
-        "ckpt": str(ckpt),
-        "out_indices": backbone_levels(info, feature=feature, frozen=frozen),
-        "feature": feature,
-        "frozen": frozen,
-        "drop_path_rate": 0.0 if frozen else cfg.drop_path,
-    }
-    preprocessor = {
-        "mean": [0.0] * info.in_chans,
-        "std": [255.0] * info.in_chans,
-        "bgr_to_rgb": info.in_chans == 3,
-        "size_divisor": info.size_divisor,
-    }
-    with warnings.catch_warnings():  # mmseg's own heads call its deprecated build_loss; nothing for a user to do
-        warnings.filterwarnings("ignore", message="``build_loss`` would be deprecated soon", category=UserWarning)
-        model = _build(backbone, info, feature, num_classes, frozen, cfg, preprocessor)
-    model.init_weights()
-    return model
+@dataclass(frozen=True)
+class Arm:
+    """One model x feature to train: a checkpoint's encoder, or the raw-pixel floor (no checkpoint)."""
+
+    name: str
+    ckpt: str | None
+    model: str
+    family: str
+    feature: str
+    info: Any  # the encoder's EncoderInfo; for the floor, that of the encoders it is the floor of
+    inr_layers: tuple[int, ...] = ()
 
 
-def _build(backbone, info, feature: str, num_classes: int, frozen: bool, cfg: SegConfig, preprocessor):
-    return MODELS.build(
-        ConfigDict(
-            segmentor_config(
-                backbone,
-                channels=info.dense_width if feature == "inr" else info.width,
-                num_classes=num_classes,
-                frozen=frozen,
-                pyramid=feature == "tokens",
-                head_channels=cfg.head_channels,
-                aux_channels=cfg.head_channels // 2,
-                preprocessor=preprocessor,
+def plan_arms(cfg: SegConfig) -> list[Arm]:
+    """Every checkpoint x backbone feature that exists, then one pixel floor per input channel count when asked.
+    Per-pixel features of an encoder without them are skipped with a note; a run where none remain is refused."""
+    arms, skipped, infos = [], [], {}
+    for ckpt in cfg.ckpts:
+        skeleton, meta = encoder_skeleton(ckpt)
+        info = skeleton.info()
+        infos.setdefault(info.in_chans, info)
+        for feature in (f for f in cfg.backbones if f != "pixels"):
+            if feature in DENSE_FEATURES and not info.dense_levels:
+                skipped.append(f"{meta['model']}:{feature}")
+                continue
+            layers = _inr_layers(cfg, info, ckpt) if feature in DENSE_FEATURES else ()
+            suffix = f"[{','.join(map(str, layers))}]" if layers else ""
+            arms.append(
+                Arm(f"{meta['model']}:{feature}{suffix}", ckpt, meta["model"], meta["family"], feature, info, layers)
             )
+    if "pixels" in cfg.backbones:
+        for c, info in infos.items():
+            name = "pixels" if len(infos) == 1 else f"pixels:{c}ch"
+            arms.append(Arm(name, None, "pixels", FLOOR_FAMILY, "pixels", info))
+    if not any(a.ckpt for a in arms):
+        raise MinrError(
+            f"nothing to train: {', '.join(skipped)} have no per-pixel features; "
+            "add --backbone tokens or a MINR checkpoint"
+        )
+    if skipped:
+        console.print(f"segmentation: skipping {', '.join(skipped)} (no per-pixel features)")
+    return arms
+
+
+def _inr_layers(cfg: SegConfig, info, ckpt: str) -> tuple[int, ...]:
+    layers = cfg.inr_layers if cfg.inr_layers is not None else info.dense_default
+    bad = [i for i in layers if not 0 <= i < info.dense_levels]
+    if bad:
+        raise MinrError(
+            f"--inr-layers {bad[0]} does not exist: {ckpt} has INR hidden layers 0..{info.dense_levels - 1}"
+        )
+    return tuple(sorted(set(layers)))
+
+
+def build_segmentor(cfg: SegConfig, arm: Arm, num_classes: int) -> torch.nn.Module:
+    frozen, info = cfg.regime == "frozen", arm.info
+    if arm.feature == "pixels":
+        backbone = {"type": "PixelBackbone", "in_chans": info.in_chans, "pyramid": True}
+        divisor = 1
+    else:
+        backbone = {
+            "type": "MinrBackbone",
+            "ckpt": str(arm.ckpt),
+            "out_indices": backbone_levels(info, frozen=frozen or arm.feature != "tokens"),
+            "feature": arm.feature,
+            "inr_layers": arm.inr_layers or None,
+            "pyramid": arm.feature != "tokens",
+            "frozen": frozen,
+            "drop_path_rate": 0.0 if frozen else cfg.drop_path,
+        }
+        divisor = info.size_divisor
+    model = build_model(
+        segmentor_config(
+            backbone,
+            channels=dense_channels(info, arm.feature, arm.inr_layers),
+            num_classes=num_classes,
+            frozen=frozen,
+            token_pyramid=arm.feature == "tokens",
+            head_channels=cfg.head_channels,
+            aux_channels=cfg.head_channels // 2,
+            data_preprocessor=preprocessor(info.in_chans, divisor),
         )
     )
 
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones"):
+    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones", "inr_layers"):
         d.pop(k)
     return d
+
+
+def _param_groups(model, cfg: SegConfig) -> list[dict]:
+    bb = model.backbone
+    if not hasattr(bb, "encoder"):  # the pixel floor: the head alone
+        return param_groups_weight_decay(model, cfg.weight_decay)
+    return layer_decay_groups(
+        model, bb.encoder, prefix="backbone.encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+    )
 
 
 def train_segmentor(
@@ -99,13 +148,12 @@ def train_segmentor(
     """Train one segmentor through the one loop (schedule -> mmseg losses -> backward -> step -> checkpoint);
     exactly resumable. Returns the loop's `FitResult`."""
     bb = model.backbone
-    ident = {**settings(cfg), "pretrained": str(bb.ckpt), "feature": bb.feature, "seed": seed}
+    source = getattr(bb, "ckpt", None)
+    layers = list(getattr(bb, "inr_layers", ()))
+    ident = {**settings(cfg), "pretrained": str(source), "feature": bb.feature, "inr_layers": layers, "seed": seed}
     with locked_dir(out):
         state = open_run(out / CKPT, identity=ident, resume=resume)
-        groups = layer_decay_groups(
-            model, bb.encoder, prefix="backbone.encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
-        )
-        optim = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+        optim = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         start, sha = restore(state, model, optim), git_sha()
 
         def step_fn(batch, step: int) -> StepResult:
@@ -114,16 +162,18 @@ def train_segmentor(
             return StepResult(loss, len(batch["inputs"]))
 
         def meta(step: int, epoch: int) -> dict[str, Any]:
+            if source is None:
+                arch = {"model": "pixels", "model_args": {"in_chans": bb.channels}, "family": FLOOR_FAMILY}
+            else:
+                arch = {"model": bb.model_name, "model_args": bb.model_args, "family": bb.encoder.family}
             return checkpoint_meta(
                 "segmentation",
-                model=bb.model_name,
-                model_args=bb.model_args,
-                family=bb.encoder.family,
+                **arch,
                 config=ident,
                 step=step,
                 epoch=epoch,
                 git_sha=sha,
-                pretrained=str(bb.ckpt),
+                pretrained=str(source),
                 seed=seed,
             )
 
@@ -156,97 +206,75 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {"inputs": [x.to(device) for x in batch["inputs"]], "data_samples": batch["data_samples"]}
 
 
+def _same_size(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A batch split into runs of images of one size: mmseg's test-time preprocessor stacks only equal sizes."""
+    groups: dict[tuple[int, ...], dict[str, list]] = {}
+    for x, s in zip(batch["inputs"], batch["data_samples"], strict=True):
+        g = groups.setdefault(tuple(x.shape), {"inputs": [], "data_samples": []})
+        g["inputs"].append(x)
+        g["data_samples"].append(s)
+    return list(groups.values())
+
+
 @torch.no_grad()
 def evaluate(model, dataset, device: torch.device, batch_size: int = 16) -> dict[str, Any]:
-    """mmseg's IoUMetric (aAcc, mIoU, mAcc, per-class IoU) plus each image's own mean IoU for paired statistics."""
+    """mmseg's IoUMetric (aAcc, mIoU, mAcc, per-class IoU) plus each image's own mean IoU for paired statistics.
+    Images of any size: each is padded to the encoder's size divisor and its prediction cropped back."""
     model.eval()
-    metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")  # compute_metrics is called directly: names only
+    metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")
     metric.dataset_meta = dataset.metainfo
     preds = []
     for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=pseudo_collate):
-        outputs = model(**model.data_preprocessor(_to(batch, device), False), mode="predict")
-        metric.process(batch, [o.to_dict() for o in outputs])
-        preds += [o.pred_sem_seg.data[0].cpu().numpy() for o in outputs]
+        for group in _same_size(batch):
+            outputs = model(**model.data_preprocessor(_to(group, device), False), mode="predict")
+            metric.process(group, [o.to_dict() for o in outputs])
+            preds += [o.pred_sem_seg.data[0].cpu().numpy() for o in outputs]
     totals = [sum(r[i] for r in metric.results) for i in range(4)]
-    per_class = IoUMetric.total_area_to_metrics(*totals, metrics=["mIoU"])
+    iou = IoUMetric.total_area_to_metrics(*totals, metrics=["mIoU"])["IoU"]
     per_image = []
     for inter, union, _, _ in metric.results:
         present = union > 0
         per_image.append(float((inter[present] / union[present]).mean()) if present.any() else math.nan)
     summary = metric.compute_metrics(metric.results)  # percentages, as mmseg reports them
+    classes = dataset.metainfo["classes"]
     return {
         "mIoU": summary["mIoU"],
         "mAcc": summary["mAcc"],
         "aAcc": summary["aAcc"],
-        "per_class_IoU": dict(zip(dataset.metainfo["classes"], np.nan_to_num(per_class["IoU"]).tolist(), strict=True)),
+        "per_class_IoU": {c: None if np.isnan(v) else float(v) for c, v in zip(classes, iou.tolist(), strict=True)},
         "per_image_IoU": np.asarray(per_image),
         "predictions": preds,
     }
 
 
-def _pairs(cfg: SegConfig) -> list[tuple[str, str, Any, dict[str, Any]]]:
-    """(checkpoint, feature, encoder skeleton, meta) for every combination that exists; per-pixel features of an
-    encoder without them are skipped with a note, and a run where none remain is refused."""
-    pairs, skipped = [], []
-    for ckpt in cfg.ckpts:
-        skeleton, meta = encoder_skeleton(ckpt)
-        for feature in cfg.backbones:
-            if feature == "inr" and not skeleton.info().dense_levels:
-                skipped.append(f"{meta['model']}:inr")
-                continue
-            pairs.append((ckpt, feature, skeleton, meta))
-    if not pairs:
-        raise MinrError(
-            f"nothing to train: {', '.join(skipped)} have no per-pixel features; "
-            "add --backbone tokens or a MINR checkpoint"
-        )
-    if skipped:
-        console.print(f"segmentation: skipping {', '.join(skipped)} (no per-pixel features)")
-    return pairs
-
-
-def run_segmentation(
-    cfg: SegConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
-) -> FinetuneResults:
-    """Every checkpoint x backbone feature x seed on one dataset; mIoU/mAcc/aAcc/per-class IoU, a PNG of
-    predictions, and per-image IoU compared in pairs (MINR - MAE, bootstrap interval, Wilcoxon)."""
-    from finetune.seg_report import save_prediction_grid
+def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> SegResults:
+    """Every checkpoint x backbone feature x seed (and the pixel floor) on one dataset; mIoU/mAcc/aAcc/per-class
+    IoU, a PNG of predictions, and per-image IoU compared in pairs (MINR - MAE, encoders - pixels)."""
+    from finetune.seg_report import save_prediction_grid, write_results
 
     out, device, t0 = Path(out_dir), resolve_device(cfg.device), time.perf_counter()
     info = segdata.resolve(cfg.dataset)
-    pairs = _pairs(cfg)
+    arms = plan_arms(cfg)
     with locked_dir(out):
         entries, runs = [], {}
-        for ckpt, feature, skeleton, meta in pairs:
-            kw = {"in_chans": skeleton.in_chans, "max_images": cfg.max_images, "crop": cfg.crop}
+        for arm in arms:
+            kw = {"in_chans": arm.info.in_chans, "max_images": cfg.max_images, "crop": cfg.crop}
             train, val = segdata.build_dataset(info, "train", **kw), segdata.build_dataset(info, "val", **kw)
-            name = f"{meta['model']}:{feature}"
-            runs[name] = []
+            runs[arm.name] = []
             for seed in range(cfg.seeds):
                 torch.manual_seed(seed)
-                model = build_segmentor(cfg, ckpt, feature, len(info.classes)).to(device)
-                run_dir = out / name.replace(":", "_") / f"seed{seed}"
+                model = build_segmentor(cfg, arm, len(info.classes)).to(device)
+                run_dir = out / re.sub(r"[^A-Za-z0-9_.+-]", "_", arm.name) / f"seed{seed}"
                 fitted = train_segmentor(model, train, cfg, seed, run_dir, device, resume=resume, progress=progress)
-                runs[name].append((fitted, evaluate(model, val, device)))
-            entries.append(_entry(name, ckpt, meta["family"], feature, runs[name]))
-        paired = minr_vs_mae(
-            [(e.name, e.family, runs[e.name][0][1]["per_image_IoU"]) for e in entries],
-            method="segmentation",
-            metric="IoU",
-        )
+                runs[arm.name].append((fitted, evaluate(model, val, device)))
+            entries.append(_entry(arm, cfg.regime, runs[arm.name]))
+        floor_of = {
+            a.name: f.name for a in arms for f in arms if a.ckpt and not f.ckpt and a.info.in_chans == f.info.in_chans
+        }
+        per_image = {n: rs[0][1]["per_image_IoU"] for n, rs in runs.items()}
+        results = _results(cfg, info, entries, per_image, floor_of, len(val), t0)
         save_prediction_grid(
             val, [(e.name, runs[e.name][0][1]["predictions"]) for e in entries], out / "predictions.png"
-        )
-        results = FinetuneResults(
-            task="segmentation",
-            config={**settings(cfg), "seeds": cfg.seeds, "backbones": list(cfg.backbones)},
-            entries=entries,
-            paired=paired,
-            evaluated_images=len(val),
-            runtime_s=time.perf_counter() - t0,
-            git_sha=git_sha(),
-            hardware=hardware(),
-            dataset=cfg.dataset,
         )
         arrays = {
             f"{n}|seed{s}|per_image_IoU": ev["per_image_IoU"] for n, rs in runs.items() for s, (_, ev) in enumerate(rs)
@@ -255,20 +283,50 @@ def run_segmentation(
     return results
 
 
-def _entry(name: str, ckpt: str, family: str, feature: str, runs: list) -> SegEntry:
+def _results(
+    cfg: SegConfig, info, entries: list[SegEntry], per_image: dict, floor_of: dict[str, str], n_val: int, t0: float
+) -> SegResults:
+    """The typed results; `floor_of` names each encoder entry's pixel floor (same input channels)."""
+    values = [(e.name, e.family, per_image[e.name]) for e in entries]
+    vs_floor = [
+        compare(a, per_image[a], f, per_image[f], method="segmentation vs pixels", metric="IoU")
+        for a, f in floor_of.items()
+    ]
+    return SegResults(
+        config={**settings(cfg), "seeds": cfg.seeds, "backbones": list(cfg.backbones)},
+        classes=list(info.classes),
+        entries=entries,
+        paired=minr_vs_mae(values, method="segmentation", metric="IoU"),
+        vs_floor=vs_floor,
+        evaluated_images=n_val,
+        runtime_s=time.perf_counter() - t0,
+        git_sha=git_sha(),
+        hardware=hardware(),
+        dataset=cfg.dataset,
+    )
+
+
+def _entry(arm: Arm, regime: str, runs: list) -> SegEntry:
     mious = [float(ev["mIoU"]) / 100 for _, ev in runs]
     fitted, first = runs[0]
+    per_class: dict[str, float | None] = {}
+    for c in first["per_class_IoU"]:
+        vals = [ev["per_class_IoU"][c] for _, ev in runs if ev["per_class_IoU"][c] is not None]
+        per_class[c] = float(np.mean(vals)) if vals else None  # IoUMetric's per-class values are fractions
     return SegEntry(
-        name=name,
-        ckpt=str(ckpt),
-        family=family,
-        feature=feature,
+        name=arm.name,
+        ckpt=None if arm.ckpt is None else str(arm.ckpt),
+        model=arm.model,
+        family=arm.family,
+        feature=arm.feature,
+        inr_layers=list(arm.inr_layers),
+        regime=regime,
         mean=float(np.mean(mious)),
         std=float(np.std(mious)),
         per_seed=mious,
-        mAcc=float(first["mAcc"]) / 100,
-        aAcc=float(first["aAcc"]) / 100,
-        per_class_IoU=first["per_class_IoU"],
+        mAcc=float(np.mean([ev["mAcc"] for _, ev in runs])) / 100,
+        aAcc=float(np.mean([ev["aAcc"] for _, ev in runs])) / 100,
+        per_class_IoU=per_class,
         train_images_per_s=fitted.images_per_s,
         first_loss=fitted.losses[0] if fitted.losses else None,
         last_loss=float(np.mean(fitted.losses[-10:])) if fitted.losses else None,

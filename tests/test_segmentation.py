@@ -14,7 +14,7 @@ from cli.main import main
 from finetune import segdata
 from finetune.scenes import make_fashion_scenes
 from finetune.seg_backbone import MinrBackbone
-from finetune.segmentation import SegConfig, build_segmentor, evaluate, train_segmentor
+from finetune.segmentation import SegConfig, build_segmentor, evaluate, plan_arms, train_segmentor
 from minr.errors import MinrError
 from minr.models import list_models
 from tests.conftest import ROOT, killed_after_first_checkpoint, make_checkpoint
@@ -91,13 +91,36 @@ def len_blocks(name):
 
 
 def test_inr_pixel_features_are_dense(ckpts):
-    bb = MinrBackbone(ckpt=str(ckpts["transinr_tiny"]), out_indices=(0, 3), feature="inr")
-    feats = bb(torch.rand(2, 1, 56, 56))
-    assert [f.shape for f in feats] == [(2, 64, 56, 56)] * 2
+    bb = MinrBackbone(ckpt=str(ckpts["transinr_tiny"]), feature="inr", inr_layers=(0, 3))
+    x = torch.rand(2, 1, 56, 40)
+    (feats,) = bb(x)
+    assert feats.shape == (2, 128, 56, 40)  # two layers of 64 side by side, at every pixel
+    # windows of the pretraining size: the top-left window's features are those of that crop alone
+    (alone,) = bb(x[..., :28, :28])
+    assert torch.allclose(feats[..., :28, :28], alone, atol=1e-5)
+    bb.inr_window = False
+    (whole,) = bb(x)
+    assert whole.shape == feats.shape and not torch.allclose(whole[..., :28, :28], alone, atol=1e-3)
+    both = MinrBackbone(ckpt=str(ckpts["ginr_tiny"]), feature="inr+tokens", inr_layers=(1,), pyramid=True)
+    assert [tuple(f.shape) for f in both(x)] == [(2, 64 + 128, h, w) for h, w in ((56, 40), (28, 20), (14, 10), (7, 5))]
     with pytest.raises(MinrError, match="needs per-pixel features.* has none"):
         MinrBackbone(ckpt=str(ckpts["mae_tiny"]), feature="inr")
-    with pytest.raises(MinrError, match="do not exist"):
+    with pytest.raises(MinrError, match="block 7 does not exist"):
         MinrBackbone(ckpt=str(ckpts["mae_tiny"]), out_indices=(7,))
+    with pytest.raises(MinrError, match="INR layer 4 does not exist"):
+        MinrBackbone(ckpt=str(ckpts["ginr_tiny"]), feature="inr", inr_layers=(4,))
+
+
+def test_ginr_shared_inr_layers_do_not_depend_on_the_image(ckpts):
+    """What `EncoderInfo.dense_specific` says: GINR's layers before the modulated one are the same function of the
+    coordinates for every image; TransINR's every layer depends on the image."""
+    for name, specific in (("ginr_tiny", (1, 2, 3)), ("transinr_tiny", (0, 1, 2, 3))):
+        bb = MinrBackbone(ckpt=str(ckpts[name]), feature="inr", inr_layers=(0, 1, 2, 3))
+        assert bb.encoder.info().dense_specific == specific
+        (f,) = bb(torch.rand(2, 1, 28, 28))
+        per_layer = f.reshape(2, 4, 64, 28, 28)
+        same = [bool(torch.allclose(per_layer[0, i], per_layer[1, i])) for i in range(4)]
+        assert same == [i not in specific for i in range(4)], (name, same)
 
 
 @pytest.mark.slow
@@ -107,7 +130,7 @@ def test_upernet_training_lowers_the_loss(model, regime, ckpts, scenes, tmp_path
     train = segdata.build_dataset(info, "train", in_chans=1)
     cfg = SegConfig(ckpts=(str(ckpts[model]),), dataset=str(scenes), max_steps=30, batch_size=8, lr=2e-3, regime=regime)
     torch.manual_seed(0)
-    seg = build_segmentor(cfg, str(ckpts[model]), "tokens", len(info.classes))
+    seg = build_segmentor(cfg, plan_arms(cfg)[0], len(info.classes))
     frozen_before = {k: v.clone() for k, v in seg.backbone.state_dict().items()}
     stats = train_segmentor(seg, train, cfg, 0, tmp_path, torch.device("cpu"), resume=False, progress=False)
     first, last = np.mean(stats.losses[:3]), np.mean(stats.losses[-3:])
@@ -122,7 +145,7 @@ def test_iou_metric_agrees_with_a_confusion_matrix(ckpts, scenes):
     val = segdata.build_dataset(info, "val", in_chans=1)
     cfg = SegConfig(ckpts=(str(ckpts["mae_tiny"]),), dataset=str(scenes), regime="frozen")
     torch.manual_seed(0)
-    seg = build_segmentor(cfg, str(ckpts["mae_tiny"]), "tokens", len(info.classes))
+    seg = build_segmentor(cfg, plan_arms(cfg)[0], len(info.classes))
     res = evaluate(seg, val, torch.device("cpu"))
     k = len(info.classes)
     conf = np.zeros((k, k), np.int64)
@@ -236,6 +259,10 @@ def test_segmentation_cli_end_to_end(ckpts, fashion_small, tmp_path):
         "tokens",
         "--backbone",
         "inr",
+        "--backbone",
+        "pixels",
+        "--inr-layers",
+        "1,3",
         "--regime",
         "frozen",
         "--out",
@@ -245,9 +272,16 @@ def test_segmentation_cli_end_to_end(ckpts, fashion_small, tmp_path):
     r = runner.invoke(main, args)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert [e["name"] for e in res["entries"]] == ["ginr_tiny:tokens", "ginr_tiny:inr", "mae_tiny:tokens"]
-    assert set(res["entries"][0]["per_class_IoU"]) >= {"background", "Trouser"}
-    assert {p["a"] for p in res["paired"]} == {"ginr_tiny:tokens", "ginr_tiny:inr"}
+    names = ["ginr_tiny:tokens", "ginr_tiny:inr[1,3]", "mae_tiny:tokens", "pixels"]
+    assert [e["name"] for e in res["entries"]] == names
+    assert [e["family"] for e in res["entries"]] == ["minr", "minr", "mae", "pixels"]
+    assert res["entries"][1]["inr_layers"] == [1, 3] and res["entries"][3]["ckpt"] is None
+    per_class = res["entries"][0]["per_class_IoU"]
+    assert list(per_class) == res["classes"] and res["classes"][:2] == ["background", "T-shirt/top"]
+    assert all(v is None or 0 <= v <= 1 for e in res["entries"] for v in e["per_class_IoU"].values())
+    assert {p["a"] for p in res["paired"]} == {"ginr_tiny:tokens", "ginr_tiny:inr[1,3]"}
+    assert [(p["a"], p["b"]) for p in res["vs_floor"]] == [(n, "pixels") for n in names[:3]]
+    assert "## IoU per class" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "predictions.png").stat().st_size > 500
     r = runner.invoke(main, args)  # the same --out again without --resume
     assert r.exit_code == 2 and "--resume" in r.output
@@ -288,7 +322,7 @@ def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
 
     def run(out, resume=False):
         torch.manual_seed(0)
-        seg = build_segmentor(cfg, str(ckpts["ginr_tiny"]), "tokens", len(info.classes))
+        seg = build_segmentor(cfg, plan_arms(cfg)[0], len(info.classes))
         return train_segmentor(seg, train, cfg, 0, out, torch.device("cpu"), resume=resume, progress=False)
 
     run(tmp_path / "a")
@@ -299,3 +333,38 @@ def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
     a, b = (load_checkpoint(tmp_path / d / "segmentation.safetensors") for d in "ab")
     assert b.meta["step"] == 9 and b.meta["kind"] == "segmentation" and b.meta["model"] == "ginr_tiny"
     assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
+
+
+def _all_background_miou(val) -> float:
+    """mmseg's mIoU of predicting background everywhere: IoU(background) over the classes present."""
+    gts = np.concatenate([val[i]["data_samples"].gt_sem_seg.data[0].numpy().ravel() for i in range(len(val))])
+    gts = gts[gts != 255]
+    return float(np.mean(gts == 0)) / len(np.unique(gts))
+
+
+@pytest.mark.slow
+def test_frozen_inr_features_beat_the_all_background_answer(fashion_small, tmp_path):
+    """The per-pixel INR activations of a briefly pretrained GINR, frozen, under the light head: above what
+    predicting background everywhere scores (what the head learned before it saw each pixel's neighbourhood)."""
+    from finetune.segmentation import run_segmentation
+    from minr.build import default_config
+    from minr.train import pretrain
+
+    torch.manual_seed(0)
+    over = {"data.root": str(fashion_small), "train.max_steps": 40, "train.batch_size": 32, "train.val_max_images": 32}
+    pretrain(default_config("ginr_tiny", over), tmp_path / "pre", progress=False)
+    scenes = make_fashion_scenes(tmp_path / "sc", n_train=64, n_val=24, data_root=str(fashion_small))
+    cfg = SegConfig(
+        ckpts=(str(tmp_path / "pre" / "checkpoint.safetensors"),),
+        dataset=f"fashion-scenes:{scenes}",
+        regime="frozen",
+        backbones=("inr", "pixels"),
+        max_steps=60,
+        batch_size=8,
+    )
+    res = run_segmentation(cfg, tmp_path / "out", progress=False)
+    info = segdata.resolve(f"fashion-scenes:{scenes}")
+    floor = _all_background_miou(segdata.build_dataset(info, "val", in_chans=1))
+    inr = res.entries[0]
+    assert inr.feature == "inr" and inr.mean > floor + 0.01, (inr.mean, floor)
+    assert inr.per_class_IoU["background"] > 0.8 and sum(v > 0 for v in inr.per_class_IoU.values() if v) >= 3

@@ -60,6 +60,8 @@ class EncoderInfo:
     size_divisor: int  # inputs must be padded to a multiple of this
     dense_width: int = 0  # channels of `dense_features` (0: the model has none)
     dense_levels: int = 0
+    dense_specific: tuple[int, ...] = ()  # the levels whose activations depend on the image (not only on position)
+    dense_default: tuple[int, ...] = ()  # the levels a dense head uses unless told otherwise
 
 
 class Encoder(nn.Module):
@@ -190,7 +192,7 @@ class Encoder(nn.Module):
             **self._head_info(),
         )
 
-    def _head_info(self) -> dict[str, int]:
+    def _head_info(self) -> dict[str, object]:
         """The model-specific part of `info`: size divisor, dense width and levels."""
         return {"size_divisor": 1}
 

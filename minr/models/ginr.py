@@ -63,6 +63,9 @@ class GINR(HyperINR):
         rank, fan_in = self.ginr_v.shape[0], self.layer_shapes[self.modulated][0]
         self.ginr_v.normal_().div_(math.sqrt(rank * fan_in))
 
+    def _first_image_layer(self) -> int:
+        return self.modulated  # the layers before it are shared: functions of the coordinates alone
+
     def predict_weights(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         """(B, N + T, D) -> one weight per INR layer: shared (I, O), and (B, I, O) = U_n @ V for the modulated one
         (whose base weight is unused), columns normalised."""

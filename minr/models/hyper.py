@@ -201,9 +201,22 @@ class HyperINR(Encoder):
         p, pad = self.tokenizer.kernel_size[0], self.tokenizer.padding[0]
         return (height + 2 * pad - p) // p + 1, (width + 2 * pad - p) // p + 1
 
-    def _head_info(self) -> dict[str, int]:
-        # the tokenizer takes any size (positions are resampled); per-pixel maps come from the INR's hidden layers
-        return {"size_divisor": 1, "dense_width": self.layer_shapes[0][1], "dense_levels": len(self.layer_shapes) - 1}
+    def _head_info(self) -> dict[str, object]:
+        # the tokenizer takes any size (positions are resampled); per-pixel maps come from the INR's hidden layers.
+        # GINR's layers before the modulated one are shared by every image: functions of the coordinates alone.
+        hidden = len(self.layer_shapes) - 1
+        specific = tuple(range(self._first_image_layer(), hidden))
+        return {
+            "size_divisor": 1,
+            "dense_width": self.layer_shapes[0][1],
+            "dense_levels": hidden,
+            "dense_specific": specific,
+            "dense_default": (hidden - 1,),
+        }
+
+    def _first_image_layer(self) -> int:
+        """The first INR layer whose weights depend on the image (0-based): every layer is predicted here."""
+        return 0
 
     def dense_features(self, x: torch.Tensor, levels: tuple[int, ...]) -> list[torch.Tensor]:
         return self.pixel_features(x, tuple(levels))
