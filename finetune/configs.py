@@ -107,5 +107,7 @@ class SegConfig(TrainingSettings):
             raise MinrError(f"--backbone must be one of {', '.join(FEATURES)}, got {bad[0] if bad else 'nothing'!r}")
         if self.inr_layers is not None and not self.inr_layers:
             raise MinrError("--inr-layers: give at least one INR layer, e.g. 1 or 1,3")
+        if self.inr_layers is not None and not set(self.backbones) & set(DENSE_FEATURES):
+            raise MinrError("--inr-layers applies to --backbone inr or inr+tokens; add one of them or leave it out")
         if self.crop is not None and self.crop < 1:
             raise MinrError(f"--crop must be >= 1, got {self.crop}")

@@ -75,7 +75,7 @@ def plan_arms(cfg: SegConfig) -> list[Arm]:
         for c, info in infos.items():
             name = "pixels" if len(infos) == 1 else f"pixels:{c}ch"
             arms.append(Arm(name, None, "pixels", FLOOR_FAMILY, "pixels", info))
-    if not any(a.ckpt for a in arms):
+    if not arms:
         raise MinrError(
             f"nothing to train: {', '.join(skipped)} have no per-pixel features; "
             "add --backbone tokens or a MINR checkpoint"
@@ -207,13 +207,15 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _same_size(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """A batch split into runs of images of one size: mmseg's test-time preprocessor stacks only equal sizes."""
-    groups: dict[tuple[int, ...], dict[str, list]] = {}
+    """A batch split into runs of consecutive images of one size, in order: mmseg's test-time preprocessor
+    stacks only equal sizes, and predictions must stay in the dataset's order."""
+    runs: list[dict[str, list]] = []
     for x, s in zip(batch["inputs"], batch["data_samples"], strict=True):
-        g = groups.setdefault(tuple(x.shape), {"inputs": [], "data_samples": []})
-        g["inputs"].append(x)
-        g["data_samples"].append(s)
-    return list(groups.values())
+        if not runs or runs[-1]["inputs"][-1].shape != x.shape:
+            runs.append({"inputs": [], "data_samples": []})
+        runs[-1]["inputs"].append(x)
+        runs[-1]["data_samples"].append(s)
+    return runs
 
 
 @torch.no_grad()
