@@ -85,7 +85,11 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
         model = _build(cfg, ckpt, num_classes, device)
         optim = torch.optim.AdamW(
             layer_decay_groups(
-                model, model.encoder, prefix="encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+                model,
+                model.encoder,
+                prefix=EncoderClassifier.ENCODER_PREFIX,
+                weight_decay=cfg.weight_decay,
+                layer_decay=cfg.layer_decay,
             ),
             betas=(0.9, 0.999),
         )

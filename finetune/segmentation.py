@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from finetune import segdata
 from finetune.configs import DENSE_FEATURES, SegConfig
 from finetune.mmseg_config import backbone_levels, build_model, preprocessor, segmentor_config
-from finetune.seg_backbone import dense_channels
+from finetune.seg_backbone import SEGMENTOR_ENCODER_PREFIX, dense_channels
 from finetune.seg_results import FLOOR_FAMILY, SegEntry, SegResults
 from minr.build import encoder_skeleton
 from minr.checkpoint import checkpoint_meta
@@ -124,6 +124,8 @@ def build_segmentor(cfg: SegConfig, arm: Arm, num_classes: int) -> torch.nn.Modu
             data_preprocessor=preprocessor(info.in_chans, divisor),
         )
     )
+    model.init_weights()
+    return model
 
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
@@ -138,7 +140,7 @@ def _param_groups(model, cfg: SegConfig) -> list[dict]:
     if not hasattr(bb, "encoder"):  # the pixel floor: the head alone
         return param_groups_weight_decay(model, cfg.weight_decay)
     return layer_decay_groups(
-        model, bb.encoder, prefix="backbone.encoder.", weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
+        model, bb.encoder, prefix=SEGMENTOR_ENCODER_PREFIX, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay
     )
 
 
