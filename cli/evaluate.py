@@ -172,6 +172,13 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     help="Segmentation: the INR hidden layers of the per-pixel features, e.g. 1 or 0,1,2,3 "
     "[default: the encoder's own]",
 )
+@click.option(
+    "--inr-fit-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Segmentation: Adam steps fitting each INR to its image before its activations are read; 0 reads the "
+    "hypernetwork's prediction as it is [default: 30]",
+)
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @run_options(resume=True)
 @click.pass_context

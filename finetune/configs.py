@@ -13,6 +13,7 @@ from minr.errors import MinrError
 # or the image itself through the same head with no encoder at all (the floor an encoder must beat).
 FEATURES = ("tokens", "inr", "inr+tokens", "pixels")
 DENSE_FEATURES = ("inr", "inr+tokens")  # the ones that need an encoder with per-pixel features (MINR)
+INR_FIT_STEPS = 30  # test-time fitting steps of per-pixel INR features by default (see HyperINR.fit_weights)
 
 
 def _option(name: str) -> str:
@@ -93,6 +94,7 @@ class SegConfig(TrainingSettings):
     crop: int | None = None
     max_images: int | None = None
     inr_layers: tuple[int, ...] | None = None  # INR hidden layers of the per-pixel features; None: the encoder's own
+    inr_fit_steps: int = INR_FIT_STEPS  # test-time fitting of each window's INR before its activations are read
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,5 +111,7 @@ class SegConfig(TrainingSettings):
             raise MinrError("--inr-layers: give at least one INR layer, e.g. 1 or 1,3")
         if self.inr_layers is not None and not set(self.backbones) & set(DENSE_FEATURES):
             raise MinrError("--inr-layers applies to --backbone inr or inr+tokens; add one of them or leave it out")
+        if self.inr_fit_steps < 0:
+            raise MinrError(f"--inr-fit-steps must be >= 0, got {self.inr_fit_steps}")
         if self.crop is not None and self.crop < 1:
             raise MinrError(f"--crop must be >= 1, got {self.crop}")

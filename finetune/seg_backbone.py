@@ -43,6 +43,7 @@ class MinrBackbone(BaseModule):
         inr_layers: tuple[int, ...] | None = None,
         pyramid: bool = False,
         inr_window: bool = True,
+        inr_fit_steps: int = 0,
         frozen: bool = False,
         drop_path_rate: float = 0.0,
         init_cfg=None,
@@ -60,6 +61,7 @@ class MinrBackbone(BaseModule):
         info = self.encoder.info()
         self.ckpt, self.model_name, self.model_args = ckpt, model_name, dict(model_args or {})
         self.feature, self.frozen, self.pyramid, self.inr_window = feature, frozen, pyramid, inr_window
+        self.inr_fit_steps = inr_fit_steps
         self.out_indices = _levels(out_indices, info.depth, "block", ckpt or model_name)
         self.inr_layers: tuple[int, ...] = ()
         if feature != "tokens":
@@ -98,16 +100,17 @@ class MinrBackbone(BaseModule):
     def _inr_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """INR activations at every pixel. With `inr_window`, the image is cut into windows of the encoder's own
         pretraining size (zero-padded at the far edges) and each window gets its own INR, rendered at its pixels:
-        the scale and content the hypernetwork was trained to represent. (B, C, H, W) -> [(B, hidden, H, W)]."""
+        the scale and content the hypernetwork was trained to represent. `inr_fit_steps`: each window's INR is
+        first fitted to its pixels (`HyperINR.fit_weights`). (B, C, H, W) -> [(B, hidden, H, W)]."""
         if not self.inr_window:
-            return self.encoder.dense_features(x, self.inr_layers)
+            return self.encoder.dense_features(x, self.inr_layers, self.inr_fit_steps)
         s = self.encoder.image_size
         B, C, H, W = x.shape
         nh, nw = -(-H // s), -(-W // s)
         padded = F.pad(x, (0, nw * s - W, 0, nh * s - H))  # (B, C, nh*s, nw*s)
         windows = padded.reshape(B, C, nh, s, nw, s).permute(0, 2, 4, 1, 3, 5).reshape(B * nh * nw, C, s, s)
         out = []
-        for m in self.encoder.dense_features(windows, self.inr_layers):  # (B*nh*nw, K, s, s)
+        for m in self.encoder.dense_features(windows, self.inr_layers, self.inr_fit_steps):  # (B*nh*nw, K, s, s)
             m = m.reshape(B, nh, nw, -1, s, s).permute(0, 3, 1, 4, 2, 5).reshape(B, -1, nh * s, nw * s)
             out.append(m[..., :H, :W])
         return out

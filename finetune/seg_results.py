@@ -25,6 +25,7 @@ class SegEntry:
     family: str  # "minr", "mae" or "pixels"
     feature: str  # "tokens", "inr", "inr+tokens" or "pixels"
     inr_layers: list[int]  # the INR hidden layers of per-pixel features (empty for tokens and pixels)
+    inr_fit_steps: int  # test-time fitting steps of each INR before its activations were read (0: as predicted)
     regime: str  # "frozen" or "full"
     mean: float  # mIoU over seeds
     std: float

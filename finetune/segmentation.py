@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from finetune import segdata
 from finetune.configs import DENSE_FEATURES, SegConfig
 from finetune.mmseg_config import backbone_levels, build_model, preprocessor, segmentor_config
+from finetune.report import run_name
 from finetune.seg_backbone import SEGMENTOR_ENCODER_PREFIX, dense_channels
 from finetune.seg_results import FLOOR_FAMILY, SegEntry, SegResults
 from minr.build import encoder_skeleton
@@ -52,24 +53,39 @@ class Arm:
     feature: str
     info: Any  # the encoder's EncoderInfo; for the floor, that of the encoders it is the floor of
     inr_layers: tuple[int, ...] = ()
+    inr_fit_steps: int = 0
+    group: str | None = None  # MINR and MAE entries are paired within a group (None: with every other group)
 
 
 def plan_arms(cfg: SegConfig) -> list[Arm]:
     """Every checkpoint x backbone feature that exists, then one pixel floor per input channel count when asked.
-    Per-pixel features of an encoder without them are skipped with a note; a run where none remain is refused."""
-    arms, skipped, infos = [], [], {}
-    for ckpt in cfg.ckpts:
+    Per-pixel features of an encoder without them are skipped with a note; a run where none remain is refused.
+    Arms are named `<checkpoint's name>:<feature>`: the given `names`, else the model's (made unique)."""
+    arms, skipped, infos, taken = [], [], {}, set()
+    names, groups = cfg.names or (None,) * len(cfg.ckpts), cfg.groups or (None,) * len(cfg.ckpts)
+    for ckpt, given, group in zip(cfg.ckpts, names, groups, strict=True):
         skeleton, meta = encoder_skeleton(ckpt)
+        run, _ = run_name(ckpt, taken, given)
         info = skeleton.info()
         infos.setdefault(info.in_chans, info)
         for feature in (f for f in cfg.backbones if f != "pixels"):
             if feature in DENSE_FEATURES and not info.dense_levels:
-                skipped.append(f"{meta['model']}:{feature}")
+                skipped.append(f"{run}:{feature}")
                 continue
             layers = _inr_layers(cfg, info, ckpt) if feature in DENSE_FEATURES else ()
             suffix = f"[{','.join(map(str, layers))}]" if layers else ""
             arms.append(
-                Arm(f"{meta['model']}:{feature}{suffix}", ckpt, meta["model"], meta["family"], feature, info, layers)
+                Arm(
+                    f"{run}:{feature}{suffix}",
+                    ckpt,
+                    meta["model"],
+                    meta["family"],
+                    feature,
+                    info,
+                    layers,
+                    cfg.inr_fit_steps if layers else 0,
+                    group,
+                )
             )
     if "pixels" in cfg.backbones:
         for c, info in infos.items():
@@ -107,6 +123,7 @@ def build_segmentor(cfg: SegConfig, arm: Arm, num_classes: int) -> torch.nn.Modu
             "out_indices": backbone_levels(info, frozen=frozen or arm.feature != "tokens"),
             "feature": arm.feature,
             "inr_layers": arm.inr_layers or None,
+            "inr_fit_steps": arm.inr_fit_steps,
             "pyramid": arm.feature != "tokens",
             "frozen": frozen,
             "drop_path_rate": 0.0 if frozen else cfg.drop_path,
@@ -272,11 +289,8 @@ def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = Fals
                 fitted = train_segmentor(model, train, cfg, seed, run_dir, device, resume=resume, progress=progress)
                 runs[arm.name].append((fitted, evaluate(model, val, device)))
             entries.append(_entry(arm, cfg.regime, runs[arm.name]))
-        floor_of = {
-            a.name: f.name for a in arms for f in arms if a.ckpt and not f.ckpt and a.info.in_chans == f.info.in_chans
-        }
         per_image = {n: rs[0][1]["per_image_IoU"] for n, rs in runs.items()}
-        results = _results(cfg, info, entries, per_image, floor_of, len(val), t0)
+        results = _results(cfg, info, arms, entries, per_image, len(val), t0)
         save_prediction_grid(
             val, [(e.name, runs[e.name][0][1]["predictions"]) for e in entries], out / "predictions.png"
         )
@@ -288,10 +302,14 @@ def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = Fals
 
 
 def _results(
-    cfg: SegConfig, info, entries: list[SegEntry], per_image: dict, floor_of: dict[str, str], n_val: int, t0: float
+    cfg: SegConfig, info, arms: list[Arm], entries: list[SegEntry], per_image: dict, n_val: int, t0: float
 ) -> SegResults:
-    """The typed results; `floor_of` names each encoder entry's pixel floor (same input channels)."""
+    """The typed results: each encoder entry against its pixel floor (same input channels), MINR against MAE."""
+    floor_of = {
+        a.name: f.name for a in arms for f in arms if a.ckpt and not f.ckpt and a.info.in_chans == f.info.in_chans
+    }
     values = [(e.name, e.family, per_image[e.name]) for e in entries]
+    group = {a.name: a.group for a in arms}
     vs_floor = [
         compare(a, per_image[a], f, per_image[f], method="segmentation vs pixels", metric="IoU")
         for a, f in floor_of.items()
@@ -300,7 +318,7 @@ def _results(
         config={**settings(cfg), "seeds": cfg.seeds, "backbones": list(cfg.backbones)},
         classes=list(info.classes),
         entries=entries,
-        paired=minr_vs_mae(values, method="segmentation", metric="IoU"),
+        paired=minr_vs_mae(values, method="segmentation", metric="IoU", groups=[group[e.name] for e in entries]),
         vs_floor=vs_floor,
         evaluated_images=n_val,
         runtime_s=time.perf_counter() - t0,
@@ -324,6 +342,7 @@ def _entry(arm: Arm, regime: str, runs: list) -> SegEntry:
         family=arm.family,
         feature=arm.feature,
         inr_layers=list(arm.inr_layers),
+        inr_fit_steps=arm.inr_fit_steps,
         regime=regime,
         mean=float(np.mean(mious)),
         std=float(np.std(mious)),

@@ -26,7 +26,8 @@ def test_presets_validate_and_overrides_apply():
             and cfg.pretrain.kept_steps()[-1] == cfg.pretrain.steps
         )
     full = load_preset("cpu-full")
-    assert full.pretrain.steps == 843 and full.probe.max_images == 10000 and full.segment.frozen.max_steps == 1500
+    assert full.pretrain.steps == 843 and full.probe.max_images == 10000
+    assert full.segment.frozen.max_steps == full.segment.full.max_steps == 600  # equal steps: the two are compared
     assert [e.name for e in full.pretrain.extra][:2] == ["ginr_tiny-digits", "mae_tiny-digits"]
     assert {e.set.get("model_args.modulated_layer") for e in full.pretrain.extra[2:]} == {1, 3, 4}
     assert load_preset("cpu-full", {"pretrain.extra": []}).pretrain.extra == ()  # --set replaces the extra runs
@@ -78,7 +79,8 @@ def tiny(root):
         "segment.scenes_val": 8,
         "segment.frozen.max_steps": 3,
         "segment.full.max_steps": 2,
-        "segment.backbones": "[tokens]",
+        "segment.backbones": "[tokens, inr, pixels]",
+        "segment.inr_fit_steps": 2,
     }
     return ["--models", "ginr_tiny,mae_tiny", "--quiet", *(a for k, v in sets.items() for a in ("--set", f"{k}={v}"))]
 
@@ -152,6 +154,8 @@ def test_bench_end_to_end_skips_reruns_and_resumes(tmp_path, fashion_small):
     }  # the learning curve pairs MINR with MAE at the same step only
     md = (out / "report.md").read_text()
     assert "## Verdict (computed from the numbers above)" in md and "learning_curves.png" in md
+    assert "## Segmentation, frozen backbone: IoU per class" in md and "| pixels (floor) |" in md
+    assert "segmentation frozen, against the pixel floor" in md and "segmentation full, inr[3]" in md
     # everything again: every stage is skipped and the results stay the same
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and again.output.count("skipped") == 6, again.output

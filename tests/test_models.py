@@ -198,3 +198,32 @@ def test_inspect_finds_the_encoder_where_finetune_declares_it(kind, tmp_path):
     assert verify_tensors(str(path), prefix=prefix)["kind"] == kind
     with pytest.raises(MinrError, match="its tensors do not fit ginr_tiny"):
         verify_tensors(str(path), prefix="")
+
+
+@pytest.mark.parametrize("name", ["ginr_tiny", "transinr_tiny"])
+def test_test_time_fitting_makes_the_inr_render_its_image(name, fashion_small):
+    """A few Adam steps from the hypernetwork's prediction: each image's INR renders it much better, each image is
+    fitted on its own (batch-independent), shared layers stay shared, and gradients still reach the hypernetwork."""
+    from minr import inr
+    from minr.config import DataConfig
+    from minr.data import load_split
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    data = load_split(DataConfig(name="fashion-mnist", root=str(fashion_small)), "test", image_size=28, in_chans=1)
+    x = torch.stack([data[i][0] for i in range(4)])
+    feats = inr.fourier_features(inr.coord_grid(28, 28), model.freqs.float())
+    target = x.flatten(2).transpose(1, 2)
+    predicted = model.predict_weights(model.encode(x))
+    fitted = model.fit_weights(feats, predicted, x, steps=30)
+
+    def mse(weights):
+        return ((inr.render_mlp(feats, weights, list(model.biases)) - target) ** 2).mean((1, 2))
+
+    assert bool((mse(fitted) < 0.5 * mse(predicted)).all()), (mse(fitted), mse(predicted))
+    assert all(f is p for f, p in zip(fitted, predicted, strict=True) if p.dim() == 2)  # shared layers untouched
+    alone = model.fit_weights(feats, [w[:1] if w.dim() == 3 else w for w in predicted], x[:1], steps=30)
+    assert all(torch.allclose(a, f[:1], atol=1e-5) for a, f in zip(alone, fitted, strict=True) if f.dim() == 3)
+    assert torch.equal(model.pixel_features(x, (1,), fit_steps=0)[0], model.pixel_features(x, (1,))[0])
+    model.pixel_features(x, (1,), fit_steps=5)[0].square().sum().backward()
+    assert any(p.grad is not None and p.grad.any() for p in model.heads.parameters())

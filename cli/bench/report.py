@@ -37,7 +37,8 @@ HEADLINE_NOTE = (
     "PSNR (dB): the test split of the pretraining dataset at 75% random masking (the reconstruct stage; pretraining's "
     "validation when that stage did not run). Linear and k-NN: each encoder's feature kind chosen on validation. "
     "Fine-tuning: "
-    "test accuracy. mIoU: mmseg's mIoU on the validation scenes, token backbone (paired tests use per-image IoU)."
+    "test accuracy. mIoU: mmseg's mIoU on the validation scenes, token backbone (paired tests use per-image IoU); "
+    "the floor's: the same head on the image itself."
 )
 
 
@@ -75,9 +76,10 @@ def headline_rows(res: BenchResults) -> list[list[str]]:
             ]
         )
     pixels = pixels_entry(res.probe.main)
-    if pixels:
-        floor = [pct(pixels.linear and pixels.linear.mean), pct(pixels.knn and pixels.knn.mean)]
-        rows.append(["raw pixels (floor)", "", "", "", "", "", *floor, "", "", ""])
+    seg_floor = [pct(r and r.floor and r.floor.mean) for r in (res.segment.get("frozen"), res.segment.get("full"))]
+    if pixels or any(seg_floor):
+        floor = [pct(pixels and pixels.linear and pixels.linear.mean), pct(pixels and pixels.knn and pixels.knn.mean)]
+        rows.append(["raw pixels (floor)", "", "", "", "", "", *floor, "", *seg_floor])
     return rows
 
 
@@ -178,9 +180,23 @@ def sections(res: BenchResults, recon_cfg) -> list[Table]:
         out.append(("Fine-tuning (test accuracy %)", ["model", "accuracy"], rows))
     for regime, r in res.segment.items():
         if r:
-            rows = [[e.name, _over_seeds(e.mean, e.std, e.per_seed), pct(e.mAcc), pct(e.aAcc)] for e in r.entries]
-            out.append((f"Segmentation, {regime} backbone", ["model:feature", "mIoU", "mAcc", "aAcc"], rows))
+            from finetune.seg_report import per_class_table
+
+            rows = [
+                [e.name + (" (floor)" if e.is_floor else ""), _over_seeds(e.mean, e.std, e.per_seed), pct(e.mAcc)]
+                + [pct(e.aAcc), "" if not r.floor or e.is_floor else f"{100 * (e.mean - r.floor.mean):+.2f}"]
+                for e in r.entries
+            ]
+            head = ["model:feature", "mIoU", "mAcc", "aAcc", "vs pixels (pts)"]
+            out.append((f"Segmentation, {regime} backbone ({_seg_note(r)})", head, rows))
+            out.append((f"Segmentation, {regime} backbone: IoU per class", *per_class_table(r)))
     return out
+
+
+def _seg_note(r) -> str:
+    fit = {e.inr_fit_steps for e in r.entries if e.inr_layers}
+    steps = r.config.get("max_steps")
+    return f"{steps} steps" + (f"; INR features fitted {fit.pop()} steps per window" if len(fit) == 1 else "")
 
 
 def _over_seeds(mean: float, std: float, per_seed: list[float]) -> str:

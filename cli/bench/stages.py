@@ -301,14 +301,22 @@ class Segment(Stage):
 
         s = b.cfg.segment
         dataset = s.dataset or f"fashion-scenes:{self.scenes(b)}"
+        names, ckpts, groups = encoders(b, scratch=s.scratch)
+        fit = {} if s.inr_fit_steps is None else {"inr_fit_steps": s.inr_fit_steps}
         return {
             regime: SegConfig(
-                ckpts=tuple(b.final()),
+                ckpts=ckpts,
+                names=names,
+                groups=groups,
                 dataset=dataset,
                 max_steps=getattr(s, regime).max_steps,
                 batch_size=getattr(s, regime).batch_size,
+                lr=getattr(s, regime).lr,
                 regime=regime,
                 backbones=s.backbones,
+                inr_layers=s.inr_layers,
+                seeds=s.seeds,
+                **fit,
             )
             for regime in self.REGIMES
         }
@@ -318,7 +326,7 @@ class Segment(Stage):
         plain = {k: _settings(c) for k, c in cfgs.items()}
         s = b.cfg.segment
         scenes = None if s.dataset else (s.scenes_train, s.scenes_val, b.cfg.root("segment"))
-        return {"cfg": plain, "scenes": scenes, "ckpts": _hashes(b.final())}
+        return {"cfg": plain, "scenes": scenes, "ckpts": _hashes(list(cfgs["frozen"].ckpts))}
 
     def run(self, b: Bench, progress: bool) -> None:
         from finetune.segmentation import run_segmentation
@@ -334,14 +342,30 @@ class Segment(Stage):
             run_segmentation(cfg, b.out / self.name / regime, resume=True, progress=progress)
 
     def load(self, b: Bench) -> dict[str, Any]:
-        from finetune.report import FinetuneResults
+        from finetune.seg_results import SegResults
 
-        return {r: _results(b.out / self.name / r / "results.json", FinetuneResults) for r in self.REGIMES}
+        return {r: _results(b.out / self.name / r / "results.json", SegResults) for r in self.REGIMES}
+
+    def outcomes(self, b: Bench) -> dict[str, dict[str, np.ndarray]]:
+        """Per validation image, IoU of the first head seed, for every run x feature: "segmentation frozen tokens"
+        -> {run: (images,)}. The pixel floor has no run and is compared in the segmentation tables."""
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for regime, res in self.load(b).items():
+            path = b.out / self.name / regime / "predictions.npz"
+            if res is None or not path.is_file():
+                continue
+            with np.load(path) as z:
+                got = {k: z[k] for k in z.files}
+            for e in res.entries:
+                run, _, feature = e.name.partition(":")
+                if not e.is_floor and f"{e.name}|seed0|per_image_IoU" in got:
+                    out.setdefault(f"segmentation {regime} {feature}", {})[run] = got[f"{e.name}|seed0|per_image_IoU"]
+        return out
 
     def work(self, cfg: BenchConfig) -> float:
         s = cfg.segment
         per = sum(r.max_steps * r.batch_size for r in (s.frozen, s.full))
-        return len(cfg.models) * len(s.backbones) * per
+        return len(cfg.models) * cfg.pretrain.seeds * len(s.backbones) * per * s.seeds
 
 
 COMPUTE: tuple[Stage, ...] = (Pretrain(), Reconstruct(), Probe(), Finetune(), Segment())  # the report comes last

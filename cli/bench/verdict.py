@@ -45,7 +45,8 @@ def chosen_entries(probe) -> dict[str, object]:
 
 def headline_pairs(res: BenchResults) -> list[Comparison]:
     """Every headline MINR - MAE comparison: reconstruction of the bench's own models at the headline condition,
-    each encoder's chosen probe features, fine-tuning, segmentation's token backbones. The paired table and the
+    each encoder's chosen probe features, fine-tuning, segmentation (every MINR feature against MAE's tokens, and
+    every encoder against the same head on pixels). The paired table and the
     verdict both read this one list."""
     models = set(res.config.models)
     pairs = []
@@ -63,9 +64,11 @@ def headline_pairs(res: BenchResults) -> list[Comparison]:
             pairs.append(Comparison(f"probe {p.method} (features chosen on val{init})", p, "pts", 100.0))
     pairs += [Comparison("fine-tuning", p, "pts", 100.0) for p in (res.finetune.paired if res.finetune else [])]
     for regime, r in res.segment.items():
-        for p in r.paired if r else []:
-            if p.a.endswith(":tokens"):
-                pairs.append(Comparison(f"segmentation {regime} (per-image IoU)", p, "pts", 100.0))
+        for p in r.paired if r else []:  # every MINR feature against MAE's tokens
+            feature = p.a.partition(":")[2]
+            pairs.append(Comparison(f"segmentation {regime}, {feature} (per-image IoU)", p, "pts", 100.0))
+        for p in r.vs_floor if r else []:
+            pairs.append(Comparison(f"segmentation {regime}, against the pixel floor (per-image IoU)", p, "pts", 100.0))
     return pairs
 
 

@@ -8,7 +8,7 @@ The interface, in one place (`Encoder`; MINR's `HyperINR` (`TransINR`, `GINR`) a
 - `forward_features(x)` -> (B, L, D) and `get_intermediate_layers(x, n)`: token sequences (dinov2, timm).
 - `forward_intermediates(x, indices)` -> [(B, D, h, w)]: the spatial tokens of blocks as NCHW maps for dense
   heads (timm's `output_fmt="NCHW"`), on the grid `token_grid(H, W)`.
-- `dense_features(x, levels)` -> [(B, C, H, W)]: per-pixel features at full resolution where the model has
+- `dense_features(x, levels, fit_steps)` -> [(B, C, H, W)]: per-pixel features at full resolution where the model has
   them (`info().dense_levels > 0`).
 - `info()`: the metadata a head needs (`EncoderInfo`: width, depth, size divisor, dense width and levels).
 - `group_matcher()` / `no_weight_decay()`: timm's hooks, so `timm.optim.param_groups_layer_decay` builds the
@@ -178,8 +178,9 @@ class Encoder(nn.Module):
             return maps
         return [t.transpose(1, 2).reshape(len(x), -1, h, w) for t in maps]
 
-    def dense_features(self, x: torch.Tensor, levels: tuple[int, ...]) -> list[torch.Tensor]:
-        """Per-pixel features (B, C, H, W) at full resolution, one map per level."""
+    def dense_features(self, x: torch.Tensor, levels: tuple[int, ...], fit_steps: int = 0) -> list[torch.Tensor]:
+        """Per-pixel features (B, C, H, W) at full resolution, one map per level; `fit_steps`: test-time fitting
+        of the model's per-image function to x first, where the model has one."""
         raise MinrError(f"{self.family} encoders have no per-pixel features; use the token features")
 
     def info(self) -> EncoderInfo:
