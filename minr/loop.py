@@ -2,9 +2,9 @@
 
 schedule -> forward -> backward -> clip -> step -> log -> checkpoint, visible in one function. What differs
 between the three is the step function (what a batch is and what its loss is) and what is checkpointed with
-which metadata. Randomness is keyed (`minr.runtime`): data order by (seed, epoch), every step's torch and
-numpy generators by (seed, step, rank). So a run killed at any moment and resumed from its checkpoint continues
-exactly as if it had never stopped.
+which metadata; opening, locking and restoring a run is `minr.run`'s. Randomness is keyed (`minr.runtime`): data
+order by (seed, epoch), every step's torch and numpy generators by (seed, step, rank). So a run killed at any
+moment and resumed from its checkpoint continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,6 @@ from torch.utils.data import DataLoader
 
 from minr import masking
 from minr.build import build_model
-from minr.checkpoint import Checkpoint
 from minr.config import PretrainConfig, to_dict, to_yaml
 from minr.data import ImageDataset, data_inputs, load_split
 from minr.errors import MinrError
@@ -148,24 +146,14 @@ def _csv_text(rows: list[dict[str, Any]], *, header: bool) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """What the checks before a run found: the data's splits, and the checkpoint to resume (None: a fresh run)."""
-
-    data: ImageDataset
-    val: ImageDataset
-    ckpt: Checkpoint | None
-    fingerprints: dict[str, str]  # the splits' content fingerprints, stored in the checkpoint to check a resume
-
-
-def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> Prepared:
+def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
     """Every check a pretraining run makes before it starts work, writing nothing: the device, the model and its
     mask (built on the meta device, through the same `build_model`), the data's splits and batch, and the run
     directory (no run there unless resuming one with the same settings). `minrctl pretrain --dry-run` calls it;
     `pretrain` makes the same checks (`_splits`, then `RunSpec.open` in the locked folder), so a dry run refuses
     what the real run would refuse."""
-    data, val, fingerprints = _splits(cfg)
-    return Prepared(data, val, run_spec(cfg, out_dir).open(resume=resume, fingerprints=fingerprints), fingerprints)
+    _, _, fingerprints = _splits(cfg)
+    run_spec(cfg, out_dir).open(resume=resume, fingerprints=fingerprints)
 
 
 def _splits(cfg: PretrainConfig) -> tuple[ImageDataset, ImageDataset, dict[str, str]]:
