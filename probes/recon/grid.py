@@ -1,6 +1,6 @@
 """Reconstruction grids: what checkpoints make of masked images.
 
-`reconstruction_grid`: one checkpoint, its own validation masks, a plain PNG grid (`minrctl reconstruct CKPT`).
+`reconstruction_grid`: one checkpoint, its own validation masks, a plain PNG grid (`minrctl reconstruct-grid CKPT`).
 `titled_grids`: every checkpoint of an evaluation side by side, with column titles (input, masked input, each
 model's output, ground truth), at the headline condition (75% random masking, or the nearest measured); MINR
 renders natively at `--scale`, other models are shown at their own resolution, upsampled. `--scale` is bounded by
