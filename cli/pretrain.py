@@ -1,4 +1,4 @@
-"""Pretraining commands: models, pretrain, inspect, reconstruct, compare."""
+"""Pretraining commands: models, pretrain, inspect, reconstruct, reconstruct-grid, compare, import-mae."""
 
 from __future__ import annotations
 
@@ -133,6 +133,15 @@ def to_yaml_dict(d: dict) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
+scale_option = click.option(
+    "--scale",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Render MINR at this many times the size in the grids.",
+)
+
+
 @main.command("reconstruct")
 @click.argument("ckpt_args", nargs=-1, type=click.Path())
 @click.option(
@@ -142,14 +151,13 @@ def to_yaml_dict(d: dict) -> str:
     "--out",
     type=click.Path(),
     default=None,
-    help="A folder: the full evaluation (PSNR tables, statistics, figures, grids). A .png path, or nothing: only "
-    "the reconstruction grid of one checkpoint (default: beside it).",
+    help="The folder of the evaluation: PSNR tables, statistics, figures, grids.  [required]",
 )
 @click.option(
     "--dataset", "datasets", multiple=True, help="Evaluation dataset; repeat (default: each checkpoint's own)."
 )
 @click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default=None, help="[default: test; grid: val]")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
 @click.option(
     "--mask-ratios", default=None, help="Comma-separated, each in (0, 1). [default: 0.5,0.6,0.7,0.75,0.8,0.9]"
 )
@@ -158,13 +166,7 @@ def to_yaml_dict(d: dict) -> str:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the evaluation masks.")
 @click.option("--no-floors", is_flag=True, help="Leave out the floors (mean image, nearest visible pixel, inpainting).")
 @click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of the grids.")
-@click.option(
-    "--scale",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Render MINR at this many times the size in the grids.",
-)
+@scale_option
 @device_option
 @quiet_option
 def reconstruct_cmd(
@@ -185,37 +187,32 @@ def reconstruct_cmd(
     quiet,
 ) -> None:
     """Reconstruction evaluation of pretrained checkpoints (MINR and MAE) under three PSNR protocols, mask ratios
-    and kinds, in and out of domain, with floors and paired statistics; or one checkpoint's reconstruction grid."""
+    and kinds, in and out of domain, with floors and paired statistics (one checkpoint's grid alone:
+    `minrctl reconstruct-grid`)."""
     from minr.errors import MinrError
 
     all_ckpts = tuple(ckpt_args) + tuple(ckpts)
     if not all_ckpts:
         raise MinrError("give at least one checkpoint (as an argument or with --ckpt)")
     if out is None or out.endswith(".png"):
-        from probes.recon.grid import reconstruction_grid
-
-        if len(all_ckpts) > 1:
-            raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")
-        path = out if out is not None else Path(all_ckpts[0]).with_name(f"reconstruction_x{scale}.png")
-        reconstruction_grid(
-            all_ckpts[0], path, num_images=num_images, scale=scale, split=split or "val", data_root=data_root
+        given = "no --out" if out is None else f"--out {out} is an image path"
+        raise MinrError(
+            f"{given}: the evaluation writes a folder, give --out DIR (one checkpoint's reconstruction grid: "
+            "minrctl reconstruct-grid CKPT)"
         )
-        console.print(f"wrote {path}")
-        return
     from minr.build import encoder_skeleton
     from probes.recon.evaluate import ReconConfig
     from probes.recon.report import run_reconstruct
 
     own = tuple(dict.fromkeys(encoder_skeleton(c)[1]["config"]["data"]["name"] for c in all_ckpts))
+    defaults = ReconConfig.__dataclass_fields__
     cfg = ReconConfig(
         ckpts=all_ckpts,
         datasets=tuple(datasets) or own,
         data_root=data_root,
-        split=split or "test",
-        mask_ratios=floats(mask_ratios, "--mask-ratios") or ReconConfig.__dataclass_fields__["mask_ratios"].default,
-        mask_kinds=tuple(k.strip() for k in mask_kinds.split(","))
-        if mask_kinds
-        else ReconConfig.__dataclass_fields__["mask_kinds"].default,
+        split=split,
+        mask_ratios=floats(mask_ratios, "--mask-ratios") or defaults["mask_ratios"].default,
+        mask_kinds=tuple(k.strip() for k in mask_kinds.split(",")) if mask_kinds else defaults["mask_kinds"].default,
         max_images=max_images,
         seed=seed,
         floors=not no_floors,
@@ -225,6 +222,28 @@ def reconstruct_cmd(
     )
     run_reconstruct(cfg, out, progress=not quiet)
     console.print(f"wrote {out}/results.json, results.md, per_image.npz and figures")
+
+
+@main.command("reconstruct-grid")
+@click.argument("ckpt", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="The PNG file to write (default: reconstruction_x<scale>.png beside the checkpoint).",
+)
+@click.option("--data-root", default=None, help="Where Fashion-MNIST's IDX files are.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True)
+@click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="Rows of the grid.")
+@scale_option
+def reconstruct_grid_cmd(ckpt, out, data_root, split, num_images, scale) -> None:
+    """One checkpoint's reconstructions of its own validation images under its own masks: rows of input, masked
+    input, reconstruction, pasted (visible pixels kept) and ground truth."""
+    from probes.recon.grid import reconstruction_grid
+
+    path = out if out is not None else Path(ckpt).with_name(f"reconstruction_x{scale}.png")
+    reconstruction_grid(ckpt, path, num_images=num_images, scale=scale, split=split, data_root=data_root)
+    console.print(f"wrote {path}")
 
 
 @main.command("compare")

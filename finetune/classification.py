@@ -20,11 +20,11 @@ from finetune.classifier import EncoderClassifier, freeze_all_but_last
 from finetune.configs import FinetuneConfig
 from finetune.report import FinetuneEntry, FinetuneResults, run_name, write_results
 from minr.build import encoder_skeleton, model_from_checkpoint
-from minr.checkpoint import checkpoint_meta
-from minr.data import check_classification, check_same_data, data_inputs, load_split
+from minr.data import check_classification, data_inputs, load_split
 from minr.io import git_sha, locked_dir, output_location
-from minr.loop import LoopPlan, StepResult, fit, open_run, restore
+from minr.loop import LoopPlan, StepResult
 from minr.optim import layer_decay_groups
+from minr.run import RunSpec, training_run
 from minr.runtime import hardware, resolve_device
 from probes.stats import minr_vs_mae
 
@@ -78,56 +78,13 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
     train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))
     num_classes = check_classification(train.source.labels, train.classes, f"{cfg.data.name} (train)")
     fingerprints = {"train": train.fingerprint(), "val": val.fingerprint(), "test": test.fingerprint()}
-    with locked_dir(out):
-        state = open_run(out / CKPT, identity=identity(cfg, ckpt, seed), resume=resume, kind="finetune")
-        check_same_data(state.meta.get("data_fingerprint") if state else None, fingerprints, out)
+    spec = RunSpec(out / CKPT, kind="finetune", identity=identity(cfg, ckpt, seed))
+    with training_run(spec, resume=resume, fingerprints=fingerprints) as run:
         torch.manual_seed(seed)
         model = _build(cfg, ckpt, num_classes, device)
-        optim = torch.optim.AdamW(
-            layer_decay_groups(
-                model,
-                model.encoder,
-                prefix=EncoderClassifier.ENCODER_PREFIX,
-                weight_decay=cfg.weight_decay,
-                layer_decay=cfg.layer_decay,
-            ),
-            betas=(0.9, 0.999),
-        )
-        start, sha = restore(state, model, optim), git_sha()
-        steps_per_epoch = len(train) // cfg.batch_size
-        total = min(cfg.epochs * max(steps_per_epoch, 1), cfg.max_steps or 10**12)
-        mixup = None
-        if cfg.mixup or cfg.cutmix:
-            mixup = Mixup(
-                mixup_alpha=cfg.mixup,
-                cutmix_alpha=cfg.cutmix,
-                label_smoothing=cfg.label_smoothing,
-                num_classes=num_classes,
-            )
-
-        def step_fn(batch, step: int) -> StepResult:
-            x, y, _ = batch
-            x, y = x.to(device), y.to(device)
-            if mixup is not None:
-                x, soft = mixup(x, y)
-                return StepResult(SoftTargetCrossEntropy()(model(x).float(), soft), len(x))
-            return StepResult(F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing), len(x))
-
-        def meta(step: int, epoch: int) -> dict[str, Any]:
-            return checkpoint_meta(
-                "finetune",
-                model=pre_meta["model"],
-                model_args=pre_meta["config"]["model_args"],
-                family=skeleton.family,
-                config=identity(cfg, ckpt, seed),
-                step=step,
-                epoch=epoch,
-                git_sha=sha,
-                pretrained=str(ckpt),
-                seed=seed,
-                data_fingerprint=fingerprints,
-            )
-
+        arch = {"model": pre_meta["model"], "model_args": pre_meta["config"]["model_args"], "family": skeleton.family}
+        run.start(model, _optimizer(cfg, model), record={**arch, "pretrained": str(ckpt), "seed": seed})
+        total = min(cfg.epochs * max(len(train) // cfg.batch_size, 1), cfg.max_steps or 10**12)
         plan = LoopPlan(
             total=total,
             batch_size=cfg.batch_size,
@@ -136,24 +93,50 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
             schedule="cosine",
             warmup_fraction=cfg.warmup_fraction,
         )
-        result = fit(
-            model,
-            optim,
-            train,
-            step_fn,
-            plan,
-            ckpt_path=out / CKPT,
-            meta=meta,
-            device=device,
-            start_step=start,
-            progress=progress,
-            description=f"finetune {out.parent.name}",
+        step_fn = classification_step(cfg, model, num_classes, device)
+        result = run.fit(
+            train, step_fn, plan, device=device, progress=progress, description=f"finetune {out.parent.name}"
         )
         pred = predict(model, test, device)
         val_acc = float((predict(model, val, device) == val.source.labels).mean())
     return SeedRun(
         pred, test.source.labels, float((pred == test.source.labels).mean()), val_acc, result.step, result.images_per_s
     )
+
+
+def _optimizer(cfg: FinetuneConfig, model: EncoderClassifier) -> torch.optim.Optimizer:
+    """AdamW over layer-decayed groups (the MAE recipe): the head at the base rate, each block below it at
+    `layer_decay` times the rate of the one above."""
+    groups = layer_decay_groups(
+        model,
+        model.encoder,
+        prefix=EncoderClassifier.ENCODER_PREFIX,
+        weight_decay=cfg.weight_decay,
+        layer_decay=cfg.layer_decay,
+    )
+    return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+
+
+def classification_step(cfg: FinetuneConfig, model: EncoderClassifier, num_classes: int, device: torch.device):
+    """The step function: cross-entropy with label smoothing, or soft-target cross-entropy under Mixup/CutMix."""
+    mixup = None
+    if cfg.mixup or cfg.cutmix:
+        mixup = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            label_smoothing=cfg.label_smoothing,
+            num_classes=num_classes,
+        )
+
+    def step_fn(batch, step: int) -> StepResult:
+        x, y, _ = batch
+        x, y = x.to(device), y.to(device)
+        if mixup is not None:
+            x, soft = mixup(x, y)
+            return StepResult(SoftTargetCrossEntropy()(model(x).float(), soft), len(x))
+        return StepResult(F.cross_entropy(model(x).float(), y, label_smoothing=cfg.label_smoothing), len(x))
+
+    return step_fn
 
 
 def run_finetune(

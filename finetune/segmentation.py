@@ -30,12 +30,12 @@ from finetune.report import run_name
 from finetune.seg_backbone import SEGMENTOR_ENCODER_PREFIX, dense_channels
 from finetune.seg_results import FLOOR_FAMILY, SegEntry, SegResults
 from minr.build import encoder_skeleton
-from minr.checkpoint import checkpoint_meta
 from minr.errors import MinrError
 from minr.io import git_sha, locked_dir
-from minr.loop import LoopPlan, StepResult, fit, open_run, restore
+from minr.loop import LoopPlan, StepResult
 from minr.optim import layer_decay_groups
 from minr.progress import console
+from minr.run import RunSpec, training_run
 from minr.runtime import hardware, resolve_device
 from probes.stats import compare, minr_vs_mae
 
@@ -170,31 +170,18 @@ def train_segmentor(
     source = getattr(bb, "ckpt", None)
     layers = list(getattr(bb, "inr_layers", ()))
     ident = {**settings(cfg), "pretrained": str(source), "feature": bb.feature, "inr_layers": layers, "seed": seed}
-    with locked_dir(out):
-        state = open_run(out / CKPT, identity=ident, resume=resume)
+    if source is None:
+        arch = {"model": "pixels", "model_args": {"in_chans": bb.channels}, "family": FLOOR_FAMILY}
+    else:
+        arch = {"model": bb.model_name, "model_args": bb.model_args, "family": bb.encoder.family}
+    with training_run(RunSpec(out / CKPT, kind="segmentation", identity=ident), resume=resume) as run:
         optim = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
-        start, sha = restore(state, model, optim), git_sha()
+        run.start(model, optim, record={**arch, "pretrained": str(source), "seed": seed})
 
         def step_fn(batch, step: int) -> StepResult:
             data = model.data_preprocessor(_to(batch, device), True)
             loss, _ = model.parse_losses(model(**data, mode="loss"))
             return StepResult(loss, len(batch["inputs"]))
-
-        def meta(step: int, epoch: int) -> dict[str, Any]:
-            if source is None:
-                arch = {"model": "pixels", "model_args": {"in_chans": bb.channels}, "family": FLOOR_FAMILY}
-            else:
-                arch = {"model": bb.model_name, "model_args": bb.model_args, "family": bb.encoder.family}
-            return checkpoint_meta(
-                "segmentation",
-                **arch,
-                config=ident,
-                step=step,
-                epoch=epoch,
-                git_sha=sha,
-                pretrained=str(source),
-                seed=seed,
-            )
 
         plan = LoopPlan(
             total=cfg.max_steps,
@@ -205,16 +192,11 @@ def train_segmentor(
             warmup_fraction=cfg.warmup_fraction,
             ckpt_every=50,
         )
-        return fit(
-            model,
-            optim,
+        return run.fit(
             dataset,
             step_fn,
             plan,
-            ckpt_path=out / CKPT,
-            meta=meta,
             device=device,
-            start_step=start,
             collate_fn=pseudo_collate,
             progress=progress,
             description=f"segment {out.parent.name}",

@@ -2,9 +2,9 @@
 
 schedule -> forward -> backward -> clip -> step -> log -> checkpoint, visible in one function. What differs
 between the three is the step function (what a batch is and what its loss is) and what is checkpointed with
-which metadata. Randomness is keyed (`minr.runtime`): data order by (seed, epoch), every step's torch and
-numpy generators by (seed, step, rank). So a run killed at any moment and resumed from its checkpoint continues
-exactly as if it had never stopped.
+which metadata; opening, locking and restoring a run is `minr.run`'s. Randomness is keyed (`minr.runtime`): data
+order by (seed, epoch), every step's torch and numpy generators by (seed, step, rank). So a run killed at any
+moment and resumed from its checkpoint continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from minr.checkpoint import Checkpoint, load_checkpoint, read_meta, save_checkpoint
+from minr.checkpoint import save_checkpoint
 from minr.errors import MinrError
 from minr.progress import TrainProgress
 from minr.runtime import Dist, autocast, barrier, epoch_batches, mean_over_ranks, seed_step
@@ -84,63 +84,11 @@ class FitResult:
     def images_per_s(self) -> float | None:
         return self.images / self.busy_s if self.busy_s else None
 
-
-def open_run(
-    path: Path,
-    *,
-    identity: dict[str, Any],
-    resume: bool,
-    loose: frozenset[str] = frozenset(),
-    kind: str | None = None,
-):
-    """The checkpoint to continue from, or None for a fresh run. Refuses to overwrite a run without `resume`,
-    to resume a checkpoint of another `kind` (a fine-tuning checkpoint where a pretraining run is expected), and
-    one whose config (`identity`, what the checkpoint's meta stores as `config`) differs, except in `loose` keys."""
-    if not path.exists():
-        return None
-    if not resume:
-        raise MinrError(
-            f"{path.parent} already holds a run ({path.name}); pass --resume to continue it or choose another --out"
-        )
-    found = read_meta(path).get("kind")
-    if kind is not None and found != kind:
-        raise MinrError(
-            f"--resume: {path} is a {found} checkpoint, not a {kind} run's; resume it with the command that wrote "
-            "it, or choose another --out"
-        )
-    ckpt = load_checkpoint(path)
-    old, new = flatten(ckpt.meta.get("config", {})), flatten(identity)
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in loose)
-    if diff:
-        k = diff[0]
-        raise MinrError(
-            f"--resume into {path.parent} with different settings: {k} was {old.get(k)!r}, now {new.get(k)!r}"
-            f" ({len(diff)} setting(s) differ); use the run's own settings or a new --out"
-        )
-    return ckpt
-
-
-def restore(ckpt: Checkpoint | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """Load a checkpoint's weights and optimiser state; return its step (0 for a fresh run)."""
-    if ckpt is None:
-        return 0
-    try:
-        model.load_state_dict(ckpt.model_state)
-        optimizer.load_state_dict(ckpt.optim_state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise MinrError(f"the checkpoint to resume does not fit this model ({str(e).splitlines()[0]})") from None
-    return ckpt.meta["step"]
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 1}} -> {"optim.lr": 1}; `model_args` stays one value."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "model_args":
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
+    def add(self, loss: float, images: int, seconds: float) -> None:
+        """Count a step taken."""
+        self.losses.append(loss)
+        self.images += images
+        self.busy_s += seconds
 
 
 def apply_gradients(
@@ -175,11 +123,7 @@ def fit(
 ) -> FitResult:
     """Train `model` from `start_step` to `plan.total`; `step_fn(batch, step)` runs the forward pass (under
     autocast) and returns the loss. Checkpoints (`meta(step, epoch)` describes them) are written by rank 0."""
-    per_epoch = len(dataset) // plan.batch_size
-    if per_epoch == 0:
-        raise MinrError(
-            f"{len(dataset)} training images are fewer than one batch of {plan.batch_size}; lower the batch size"
-        )
+    per_epoch = _steps_per_epoch(len(dataset), plan.batch_size)
     result, step, saved = FitResult(start_step, 0, 0.0, []), start_step, start_step
     if step == 0 and 0 in plan.keep:  # the randomly initialised model, a control for every evaluation
         _save(model, optimizer, ckpt_path, meta(0, 0), env, 0, keep=True)
@@ -187,20 +131,10 @@ def fit(
     with TrainProgress(plan.total, start=step, enabled=progress and env.main, description=description) as bar:
         while step < plan.total:
             epoch = step // per_epoch
-            batches = epoch_batches(len(dataset), plan.batch_size, epoch, plan.seed)[step % per_epoch :]
-            shards = [b[env.rank :: env.world] for b in batches]  # every rank its slice of each global batch
-            for batch in DataLoader(dataset, batch_sampler=shards, num_workers=workers, collate_fn=collate_fn):
+            for batch in _rest_of_epoch(dataset, plan, step, per_epoch, env, workers=workers, collate_fn=collate_fn):
                 t0 = time.perf_counter()
                 seed_step(plan.seed, step, env.rank)
-                factor = lr_factor(
-                    step,
-                    plan.total,
-                    schedule=plan.schedule,
-                    warmup_fraction=plan.warmup_fraction,
-                    decay_at=plan.decay_at,
-                )
-                for g in optimizer.param_groups:
-                    g["lr"] = plan.lr * g.get("lr_scale", 1.0) * factor
+                set_lr(optimizer, plan, step)
                 with autocast(device):
                     out = step_fn(batch, step)
                 loss = mean_over_ranks(out.loss.detach(), env)
@@ -213,35 +147,62 @@ def fit(
                     raise _nonfinite(loss, step, saved, ckpt_path)
                 step += 1
                 dt = time.perf_counter() - t0
-                result.busy_s += dt
-                result.images += out.images * env.world
-                result.losses.append(loss)
+                result.add(loss, out.images * env.world, dt)
                 if env.main:
-                    lr = optimizer.param_groups[0]["lr"]
                     if log is not None:
-                        log(
-                            {
-                                "step": step,
-                                "epoch": epoch,
-                                "loss": loss,
-                                "lr": lr,
-                                "images_per_s": out.images * env.world / dt,
-                                **out.metrics,
-                            }
-                        )
+                        log(_row(step, epoch, loss, optimizer, out, images_per_s=out.images * env.world / dt))
                     bar.update(step, loss=loss, metrics=out.metrics, ips=result.images_per_s)
-                epoch_end, last = step % per_epoch == 0, step == plan.total
-                if epoch_end or last or step in plan.keep or (plan.ckpt_every and step % plan.ckpt_every == 0):
-                    due = last or (epoch_end and plan.val_every and (step // per_epoch) % plan.val_every == 0)
-                    if evaluate is not None and due:
+                save, validate = _due(plan, step, per_epoch)
+                if save:
+                    if evaluate is not None and validate:
                         evaluate(step, epoch)
                         model.train()
                     _save(model, optimizer, ckpt_path, meta(step, epoch), env, step, keep=step in plan.keep)
                     saved = step
-                if last:
+                if step == plan.total:
                     break
     result.step = step
     return result
+
+
+def _steps_per_epoch(images: int, batch_size: int) -> int:
+    if images < batch_size:
+        raise MinrError(f"{images} training images are fewer than one batch of {batch_size}; lower the batch size")
+    return images // batch_size
+
+
+def set_lr(optimizer: torch.optim.Optimizer, plan: LoopPlan, step: int) -> None:
+    """The schedule: every param group's learning rate at `step`, with the group's `lr_scale` (layer decay)."""
+    factor = lr_factor(
+        step, plan.total, schedule=plan.schedule, warmup_fraction=plan.warmup_fraction, decay_at=plan.decay_at
+    )
+    for g in optimizer.param_groups:
+        g["lr"] = plan.lr * g.get("lr_scale", 1.0) * factor
+
+
+def _rest_of_epoch(
+    dataset: Dataset, plan: LoopPlan, step: int, per_epoch: int, env: Dist, *, workers: int, collate_fn
+) -> DataLoader:
+    """The batches left in the epoch of `step`, in the epoch's keyed order; every rank gets its slice of each
+    global batch, so the batches a resumed run sees are those it would have seen."""
+    batches = epoch_batches(len(dataset), plan.batch_size, step // per_epoch, plan.seed)[step % per_epoch :]
+    shards = [b[env.rank :: env.world] for b in batches]
+    return DataLoader(dataset, batch_sampler=shards, num_workers=workers, collate_fn=collate_fn)
+
+
+def _due(plan: LoopPlan, step: int, per_epoch: int) -> tuple[bool, bool]:
+    """Whether the step just taken is checkpointed (each epoch end, the last step, kept steps, every
+    `ckpt_every`), and whether it is evaluated first (every `val_every` epochs, and the last step)."""
+    epoch_end, last = step % per_epoch == 0, step == plan.total
+    save = epoch_end or last or step in plan.keep or bool(plan.ckpt_every and step % plan.ckpt_every == 0)
+    validate = last or bool(epoch_end and plan.val_every and (step // per_epoch) % plan.val_every == 0)
+    return save, save and validate
+
+
+def _row(step: int, epoch: int, loss: float, optimizer, out: StepResult, *, images_per_s: float) -> dict[str, Any]:
+    """The log's row of a step: its loss, the learning rate it ran at, its throughput and the step's figures."""
+    lr = optimizer.param_groups[0]["lr"]
+    return {"step": step, "epoch": epoch, "loss": loss, "lr": lr, "images_per_s": images_per_s, **out.metrics}
 
 
 def kept_path(path: Path, step: int) -> Path:

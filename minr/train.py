@@ -6,10 +6,8 @@ moment and resumed continues exactly (tested), and each run directory is owned b
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,14 @@ from torch.utils.data import DataLoader
 
 from minr import masking
 from minr.build import build_model
-from minr.checkpoint import Checkpoint, checkpoint_meta
 from minr.config import PretrainConfig, to_dict, to_yaml
-from minr.data import ImageDataset, check_same_data, data_inputs, load_split
+from minr.data import ImageDataset, data_inputs, load_split
 from minr.errors import MinrError
-from minr.io import atomic_write_text, git_sha, locked_dir, output_location, write_json
-from minr.loop import LoopPlan, StepResult, fit, open_run, restore
+from minr.io import atomic_write_text, output_location, write_json
+from minr.loop import FitResult, LoopPlan, StepResult
 from minr.metrics import PROTOCOLS, mean_defined, psnr_from_mse, psnr_protocols
 from minr.optim import build_optimizer
+from minr.run import Run, RunSpec, training_run
 from minr.runtime import autocast, init_distributed, keyed_generator, peak_memory_mb, resolve_device
 
 CKPT_NAME = "checkpoint.safetensors"
@@ -148,21 +146,19 @@ def _csv_text(rows: list[dict[str, Any]], *, header: bool) -> str:
 
 
 # -- the run ----------------------------------------------------------------------------------------------------
-@dataclass
-class Prepared:
-    """What the checks before a run found: the data's splits, and the checkpoint to resume (None: a fresh run)."""
-
-    data: ImageDataset
-    val: ImageDataset
-    ckpt: Checkpoint | None
-    fingerprints: dict[str, str]  # the splits' content fingerprints, stored in the checkpoint to check a resume
-
-
-def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> Prepared:
+def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -> None:
     """Every check a pretraining run makes before it starts work, writing nothing: the device, the model and its
     mask (built on the meta device, through the same `build_model`), the data's splits and batch, and the run
-    directory (no run there unless resuming one with the same settings). `pretrain` calls it, and so does
-    `minrctl pretrain --dry-run`, so a dry run refuses what the real run would refuse."""
+    directory (no run there unless resuming one with the same settings). `minrctl pretrain --dry-run` calls it;
+    `pretrain` makes the same checks (`_splits`, then `RunSpec.open` in the locked folder), so a dry run refuses
+    what the real run would refuse."""
+    _, _, fingerprints = _splits(cfg)
+    run_spec(cfg, out_dir).open(resume=resume, fingerprints=fingerprints)
+
+
+def _splits(cfg: PretrainConfig) -> tuple[ImageDataset, ImageDataset, dict[str, str]]:
+    """The device and the model checked, the training and validation splits at the model's size, and their
+    content fingerprints."""
     resolve_device(cfg.train.device)
     with torch.device("meta"):
         skeleton = build_model(cfg)
@@ -174,12 +170,30 @@ def prepare(cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False) -
             f"{cfg.data.name}: {len(data)} training images, fewer than one batch of "
             f"{cfg.train.batch_size}; lower --set train.batch_size"
         )
-    ckpt = open_run(
-        Path(out_dir) / CKPT_NAME, identity=to_dict(cfg), resume=resume, loose=RESUMABLE_KEYS, kind="pretrain"
+    return data, val, {"train": data.fingerprint(), "val": val.fingerprint()}
+
+
+def run_spec(cfg: PretrainConfig, out_dir: str | Path) -> RunSpec:
+    return RunSpec(Path(out_dir) / CKPT_NAME, kind="pretrain", identity=to_dict(cfg), loose=RESUMABLE_KEYS)
+
+
+def loop_plan(cfg: PretrainConfig, steps_per_epoch: int) -> LoopPlan:
+    """The loop's plan: `train.epochs` and `train.max_steps` (whichever ends first), the optimiser's schedule."""
+    total = int(min((cfg.train.epochs or math.inf) * steps_per_epoch, cfg.train.max_steps or math.inf))
+    return LoopPlan(
+        total=total,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        lr=cfg.optim.lr,
+        schedule=cfg.optim.schedule,
+        warmup_fraction=cfg.optim.warmup_fraction,
+        decay_at=cfg.optim.decay_at,
+        clip_grad=cfg.optim.clip_grad,
+        ckpt_every=cfg.train.ckpt_every,
+        val_every=cfg.train.val_every,
+        on_nonfinite=cfg.train.on_nonfinite,
+        keep=cfg.train.keep_checkpoints,
     )
-    fingerprints = {"train": data.fingerprint(), "val": val.fingerprint()}
-    check_same_data(ckpt.meta.get("data_fingerprint") if ckpt else None, fingerprints, Path(out_dir))
-    return Prepared(data, val, ckpt, fingerprints)
 
 
 def pretrain(
@@ -194,36 +208,38 @@ def pretrain(
     if cfg.train.batch_size % env.world:
         raise MinrError(f"train.batch_size {cfg.train.batch_size} must divide among {env.world} processes")
     out = output_location(out_dir, inputs=data_inputs(cfg.data))
-    with locked_dir(out) if env.main else contextlib.nullcontext(out.mkdir(parents=True, exist_ok=True)):
-        return _pretrain(cfg, out, prepare(cfg, out, resume=resume), device, env, progress)
-
-
-def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progress: bool) -> dict[str, Any]:
-    ckpt, data, val, fingerprints = run.ckpt, run.data, run.val, run.fingerprints
-    torch.manual_seed(cfg.train.seed)  # the model's initialisation
-    model = build_model(cfg).to(device)
-    steps_per_epoch = len(data) // cfg.train.batch_size
-    optim = build_optimizer(model, cfg.optim)
-    start, sha = restore(ckpt, model, optim), git_sha()
-    log = None
-    if env.main:
-        atomic_write_text(out / "config.yaml", to_yaml(cfg) + f"# git_sha: {sha}\n")
-        log = MetricsLog(out, resume_step=start if ckpt else None, tensorboard=cfg.train.log == "tensorboard")
-    net = DistributedDataParallel(model) if env.world > 1 else model
-    total = int(min((cfg.train.epochs or math.inf) * steps_per_epoch, cfg.train.max_steps or math.inf))
-    val_metrics: dict[str, float] = {}
-
-    def step_fn(batch, step: int) -> StepResult:
-        images, _, idx = batch
-        images = images.to(device, non_blocking=True)
-        mask = masking.make_masks(idx, cfg.mask, model.image_size, seed=cfg.train.seed, salt="train").to(device)
-        extra = {
-            "pixel_index": pixel_subset(cfg, model.image_size, step, device),
-            "coord_noise": coord_noise(cfg, idx, model.image_size, step, device),
+    data, val, fingerprints = _splits(cfg)
+    with training_run(run_spec(cfg, out), resume=resume, fingerprints=fingerprints, lock=env.main) as run:
+        torch.manual_seed(cfg.train.seed)  # the model's initialisation
+        model = build_model(cfg).to(device)
+        rng = {"scheme": "keyed", "seed": cfg.train.seed}  # every draw is keyed by this seed (`minr.runtime`)
+        record = {"model": cfg.model, "model_args": cfg.model_args, "family": model.family, "rng": rng}
+        run.start(model, build_optimizer(model, cfg.optim), record=record)
+        result, val_metrics = _train(cfg, run, data, val, device, env, progress)
+        summary = {
+            "model": cfg.model,
+            "steps": result.step,
+            "images_seen_this_session": result.images,
+            **_throughput(out, cfg, result),
+            "peak_memory_mb": peak_memory_mb(device),
+            "device": str(device),
+            "world_size": env.world,
+            **val_metrics,
         }
-        out = net(images, mask, cfg.mask.patch, **{k: v for k, v in extra.items() if v is not None})
-        metrics = {} if out.recon is None else {"psnr": batch_psnr(out.recon.detach(), images)}
-        return StepResult(out.loss, len(images), metrics)
+        if env.main:
+            write_json(out / "summary.json", summary)
+    return summary
+
+
+def _train(
+    cfg: PretrainConfig, run: Run, data: ImageDataset, val: ImageDataset, device: torch.device, env, progress: bool
+) -> tuple[FitResult, dict[str, float]]:
+    """The started run trained to its end, rank 0 logging and validating; returns the loop's result and the last
+    validation's metrics."""
+    model, out, log, val_metrics = run.model, run.spec.path.parent, None, {}
+    if env.main:
+        atomic_write_text(out / "config.yaml", to_yaml(cfg) + f"# git_sha: {run.sha}\n")
+        log = MetricsLog(out, resume_step=run.resume_step, tensorboard=cfg.train.log == "tensorboard")
 
     def evaluate(step: int, epoch: int) -> None:
         if env.main:
@@ -231,45 +247,13 @@ def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progre
             cells = {k: v if isinstance(v, int) else f"{v:.4f}" for k, v in val_metrics.items()}
             log.write({"kind": "val", "step": step, "epoch": epoch, **cells})
 
-    def meta(step: int, epoch: int) -> dict[str, Any]:
-        return checkpoint_meta(
-            "pretrain",
-            model=cfg.model,
-            model_args=cfg.model_args,
-            family=model.family,
-            config=to_dict(cfg),
-            step=step,
-            epoch=epoch,
-            git_sha=sha,
-            rng={"scheme": "keyed", "seed": cfg.train.seed},
-            data_fingerprint=fingerprints,
-        )
-
-    plan = LoopPlan(
-        total=total,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        lr=cfg.optim.lr,
-        schedule=cfg.optim.schedule,
-        warmup_fraction=cfg.optim.warmup_fraction,
-        decay_at=cfg.optim.decay_at,
-        clip_grad=cfg.optim.clip_grad,
-        ckpt_every=cfg.train.ckpt_every,
-        val_every=cfg.train.val_every,
-        on_nonfinite=cfg.train.on_nonfinite,
-        keep=cfg.train.keep_checkpoints,
-    )
+    net = DistributedDataParallel(model) if env.world > 1 else model
     try:
-        result = fit(
-            model,
-            optim,
+        result = run.fit(
             data,
-            step_fn,
-            plan,
-            ckpt_path=out / CKPT_NAME,
-            meta=meta,
+            masked_step(cfg, net, model.image_size, device),
+            loop_plan(cfg, len(data) // cfg.train.batch_size),
             device=device,
-            start_step=start,
             env=env,
             workers=cfg.data.workers,
             evaluate=evaluate,
@@ -282,21 +266,31 @@ def _pretrain(cfg: PretrainConfig, out: Path, run: Prepared, device, env, progre
     finally:
         if log is not None:
             log.close()
+    return result, val_metrics
+
+
+def masked_step(cfg: PretrainConfig, net: nn.Module, size: int, device: torch.device):
+    """The step function of pretraining: a batch's keyed masks, the pixels rendered this step, GINR's coordinate
+    noise, and the masked-reconstruction loss of `net` (the model, or its DDP wrapper)."""
+
+    def step_fn(batch, step: int) -> StepResult:
+        images, _, idx = batch
+        images = images.to(device, non_blocking=True)
+        mask = masking.make_masks(idx, cfg.mask, size, seed=cfg.train.seed, salt="train").to(device)
+        extra = {
+            "pixel_index": pixel_subset(cfg, size, step, device),
+            "coord_noise": coord_noise(cfg, idx, size, step, device),
+        }
+        out = net(images, mask, cfg.mask.patch, **{k: v for k, v in extra.items() if v is not None})
+        metrics = {} if out.recon is None else {"psnr": batch_psnr(out.recon.detach(), images)}
+        return StepResult(out.loss, len(images), metrics)
+
+    return step_fn
+
+
+def _throughput(out: Path, cfg: PretrainConfig, result: FitResult) -> dict[str, float | None]:
     rate, seconds = run_throughput(out / "metrics.csv", cfg.train.batch_size)
-    summary = {
-        "model": cfg.model,
-        "steps": result.step,
-        "images_seen_this_session": result.images,
-        "train_images_per_s": rate if rate is not None else result.images_per_s,
-        "train_seconds": seconds,
-        "peak_memory_mb": peak_memory_mb(device),
-        "device": str(device),
-        "world_size": env.world,
-        **val_metrics,
-    }
-    if env.main:
-        write_json(out / "summary.json", summary)
-    return summary
+    return {"train_images_per_s": rate if rate is not None else result.images_per_s, "train_seconds": seconds}
 
 
 def batch_psnr(recon: torch.Tensor, images: torch.Tensor) -> float:

@@ -249,13 +249,13 @@ ROWS = [
     ([*FT, "--task", "classification", *D[:4], "--kind", "modulation"], "fine-tuning pools tokens"),
     ([*FT, "--task", "classification", *D[:4], "--trainable-blocks", "9"], "--trainable-blocks must be in [0, 4]"),
     ([*FT, "--task", "detection"], "Invalid value for '--task'"),
-    # export, reconstruct, compare, import-mae, data
+    # export, reconstruct, reconstruct-grid, compare, import-mae, data
     (["export", "{ginr}", "--to", "timm", "--out", "{tmp}/e"], "no timm architecture"),
     (["export", "{ginr}", "--to", "onnx", "--out", "{tmp}/e"], "Invalid value for '--to'"),
     (["export", "{finetuned}", "--to", "mmseg", "--out", "{tmp}/e"], "not a pretrained encoder"),
-    (["reconstruct", "{ginr}", "--num-images", "0"], "--num-images"),
-    (["reconstruct", "{mae}", "--scale", "2", "--data-root", "{fm}"], "cannot render at 56 px"),
-    (["reconstruct", "{finetuned}"], "not a pretrained encoder"),
+    (["reconstruct-grid", "{ginr}", "--num-images", "0"], "--num-images"),
+    (["reconstruct-grid", "{mae}", "--scale", "2", "--data-root", "{fm}"], "cannot render at 56 px"),
+    (["reconstruct-grid", "{finetuned}"], "not a pretrained encoder"),
     (["compare", "{empty}"], "summary.json does not exist"),
     (["reconstruct", "--ckpt", "{finetuned}", "--out", "{tmp}/rc"], "not a pretrained encoder"),
     (
@@ -272,7 +272,9 @@ ROWS = [
         ["reconstruct", "{ginr}", "--dataset", "imagefolder:{broken_images}", "--out", "{tmp}/rc", "--quiet"],
         "cannot read image",
     ),
-    (["reconstruct", "{ginr}", "{mae}", "--out", "{tmp}/g.png"], "takes one checkpoint"),
+    (["reconstruct-grid", "{ginr}", "{mae}"], "unexpected extra argument"),
+    (["reconstruct", "{ginr}", "--scale", "2"], "no --out: the evaluation writes a folder"),
+    (["reconstruct", "{ginr}", "--out", "{tmp}/g.png"], "is an image path: the evaluation writes a folder"),
     (["reconstruct"], "give at least one checkpoint"),
     (["import-mae", "{code}", "--out", "{tmp}/m.safetensors"], "refused without running it"),
     (["import-mae", "{not_mae}", "--out", "{tmp}/m.safetensors"], "holds no MAE weights"),

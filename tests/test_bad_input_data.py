@@ -185,7 +185,7 @@ LOSS = [
     (["extract", "pixels", "--dataset", "digits", "--cache-dir", ""], "--cache-dir is empty", ["{tmp}"], []),
     (["compare", "{run}", "--out", "{run}/summary.json"], "is also an input", ["{run}"], []),
     (["reconstruct", "{ginr}", "--out", "{ginr}"], "is also an input", ["{ginr}"], []),
-    (["reconstruct", "{ginr}", "--out", "{ginr}.png"], "", ["{ckpt_dir}/checkpoint.safetensors"], []),
+    (["reconstruct-grid", "{ginr}", "--out", "{ginr}.png"], "", ["{ckpt_dir}/checkpoint.safetensors"], []),
     (
         ["pretrain", "--model", "mae_tiny", "--dataset", "imagefolder:{two}", "--out", "{two}/run"],
         "an input folder of this command (a dataset)",
@@ -352,7 +352,7 @@ BAD = [
     (["probe", "--ckpt", "{ginr}", "--dataset", "digits", "--max-images", "1", *EXT, "--out", "{tmp}/p"], "1 image"),
     ([*PX, "--dataset", "imagefolder:{val_class}"], "has class folder 'c', which the train split lacks"),
     # reconstruction at a size no memory holds
-    (["reconstruct", "{ginr}", "--scale", "1000", "--out", "{tmp}/g.png"], "--scale 1000 renders 40 tiles"),
+    (["reconstruct-grid", "{ginr}", "--scale", "1000", "--out", "{tmp}/g.png"], "--scale 1000 renders 40 tiles"),
     (["reconstruct", "{ginr}", "--scale", "1000", "--out", "{tmp}/rc"], "--scale 1000 renders"),
     # what a checkpoint path is when it is not a checkpoint
     (["inspect", "{ckpt_dir}"], "is a folder, not a file; it holds checkpoint.safetensors"),

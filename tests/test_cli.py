@@ -81,7 +81,7 @@ def test_pretrain_inspect_reconstruct_compare(runner, tmp_path, fashion_small):
     info = json.loads(r.output)
     assert info["model"] == "ginr_tiny" and info["step"] == 3 and len(info["weights_sha256"]) == 64
     r = runner.invoke(
-        main, ["reconstruct", str(ckpt), "--scale", "2", "--num-images", "3", "--out", str(tmp_path / "g.png")]
+        main, ["reconstruct-grid", str(ckpt), "--scale", "2", "--num-images", "3", "--out", str(tmp_path / "g.png")]
     )
     assert r.exit_code == 0, r.output
     from PIL import Image
@@ -129,6 +129,7 @@ LIGHT_COMMANDS = [
     ["pretrain", "--help"],
     ["inspect", "--help"],
     ["reconstruct", "--help"],
+    ["reconstruct-grid", "--help"],
     ["bench", "--help"],
     ["data", "make-fashion-scenes", "--help"],
     ["nonsense"],  # usage errors

@@ -1,6 +1,6 @@
 """Reconstruction grids: what checkpoints make of masked images.
 
-`reconstruction_grid`: one checkpoint, its own validation masks, a plain PNG grid (`minrctl reconstruct CKPT`).
+`reconstruction_grid`: one checkpoint, its own validation masks, a plain PNG grid (`minrctl reconstruct-grid CKPT`).
 `titled_grids`: every checkpoint of an evaluation side by side, with column titles (input, masked input, each
 model's output, ground truth), at the headline condition (75% random masking, or the nearest measured); MINR
 renders natively at `--scale`, other models are shown at their own resolution, upsampled. `--scale` is bounded by
@@ -121,11 +121,6 @@ def _wrap(title: str, width: int = 16) -> str:
 @torch.inference_mode()
 def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
     """One PNG per dataset: rows of images; columns input, masked input, each checkpoint's output, ground truth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from probes.recon.analysis import headline_condition
     from probes.recon.evaluate import masks_for
 
@@ -161,23 +156,34 @@ def titled_grids(cfg, names: list[str], out: Path) -> list[Path]:
             rows, rendered = render_rows(model, images, masks, mcfg.mask.patch, cfg.scale)
             columns.append((f"{name} (x{rendered})" if cfg.scale > 1 else name, rows))
         columns.append(("ground truth", up(images)))
-        fig, axes = plt.subplots(n, len(columns), figsize=(1.5 * len(columns), 1.5 * n + 0.5), squeeze=False)
-        for j, (title, tiles) in enumerate(columns):
-            for i in range(n):
-                ax = axes[i, j]
-                tile = tiles[i].permute(1, 2, 0).numpy()
-                ax.imshow(
-                    tile[..., 0] if tile.shape[-1] == 1 else tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
-                )
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(_wrap(title), fontsize=7)
-        fig.suptitle(f"{dataset} ({cfg.split}), {ratio * 100:g}% {kind} masking", fontsize=9)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        png = _titled_png(columns, n, f"{dataset} ({cfg.split}), {ratio * 100:g}% {kind} masking")
         path = out / f"grid_{dataset.replace(':', '_').replace('/', '_')}.png"
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, png)
         paths.append(path)
     return paths
+
+
+def _titled_png(columns: list[tuple[str, torch.Tensor]], n: int, title: str) -> bytes:
+    """The PNG of `n` rows of tiles, a titled column per (title, (n, C, S, S) tiles in [0, 1])."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(n, len(columns), figsize=(1.5 * len(columns), 1.5 * n + 0.5), squeeze=False)
+    for j, (name, tiles) in enumerate(columns):
+        for i in range(n):
+            ax = axes[i, j]
+            tile = tiles[i].permute(1, 2, 0).numpy()
+            ax.imshow(
+                tile[..., 0] if tile.shape[-1] == 1 else tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(_wrap(name), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -120,6 +120,8 @@ def plot_transfer(results: ReconResults, cfg: ReconConfig, out: Path) -> Path | 
 
 
 def markdown(results: ReconResults, cfg: ReconConfig) -> str:
+    """results.md: the headline tables per dataset, margins over the floors, robustness verdicts, drops, the
+    transfer matrix and the paired MINR - MAE tests."""
     condition = analysis.condition_title(cfg)
     parts = [
         f"# Reconstruction: {', '.join(cfg.datasets)} ({cfg.split}, up to {cfg.max_images} images, seed {cfg.seed})\n",
@@ -151,35 +153,39 @@ def markdown(results: ReconResults, cfg: ReconConfig) -> str:
             markdown_table(["entry", "dataset", "change", "protocol", "drop dB [95% CI]"], rows),
         ]
     if results.transfer:
-        cols = list(dict.fromkeys(c.evaluated_on for c in results.transfer))
-        rows = []
-        for model in dict.fromkeys((c.model, c.trained_on) for c in results.transfer):
-            cell = {(c.evaluated_on, c.protocol): c.mean for c in results.transfer if (c.model, c.trained_on) == model}
-            rows.append(
-                [f"{model[0]} ({model[1]})", *("/".join(f"{cell[(d, p)]:.2f}" for p in PROTOCOLS) for d in cols)]
-            )
-        parts += [
-            f"## Transfer matrix ({condition}; full/pasted/masked dB)\n",
-            markdown_table(["model (pretrained on)", *cols], rows),
-        ]
+        parts += [f"## Transfer matrix ({condition}; full/pasted/masked dB)\n", _transfer_table(results.transfer)]
     if results.paired:
-        rows = [
-            [
-                c.comparison.a,
-                c.comparison.b,
-                c.dataset,
-                c.kind,
-                f"{c.ratio:g}",
-                c.protocol,
-                f"{c.comparison.diff:+.2f}",
-                f"[{c.comparison.ci_low:+.2f}, {c.comparison.ci_high:+.2f}]",
-                f"{c.comparison.p:.2g}",
-            ]
-            for c in results.paired
-        ]
-        headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p"]
-        parts += ["## Paired MINR - MAE per condition\n", markdown_table(headers, rows)]
+        parts += ["## Paired MINR - MAE per condition\n", _paired_table(results.paired)]
     return "\n".join(parts)
+
+
+def _transfer_table(transfer: list[analysis.TransferCell]) -> str:
+    """Rows: model (pretraining set); columns: evaluation set; cells: full/pasted/masked PSNR."""
+    cols = list(dict.fromkeys(c.evaluated_on for c in transfer))
+    rows = []
+    for model in dict.fromkeys((c.model, c.trained_on) for c in transfer):
+        cell = {(c.evaluated_on, c.protocol): c.mean for c in transfer if (c.model, c.trained_on) == model}
+        rows.append([f"{model[0]} ({model[1]})", *("/".join(f"{cell[(d, p)]:.2f}" for p in PROTOCOLS) for d in cols)])
+    return markdown_table(["model (pretrained on)", *cols], rows)
+
+
+def _paired_table(paired: list[PairedCell]) -> str:
+    rows = [
+        [
+            c.comparison.a,
+            c.comparison.b,
+            c.dataset,
+            c.kind,
+            f"{c.ratio:g}",
+            c.protocol,
+            f"{c.comparison.diff:+.2f}",
+            f"[{c.comparison.ci_low:+.2f}, {c.comparison.ci_high:+.2f}]",
+            f"{c.comparison.p:.2g}",
+        ]
+        for c in paired
+    ]
+    headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p"]
+    return markdown_table(headers, rows)
 
 
 def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = True) -> ReconResults:
