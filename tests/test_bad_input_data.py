@@ -509,3 +509,36 @@ def test_every_split_uses_the_train_splits_class_indices(tmp_path):
     test = load_split(cfg, "test", image_size=28, in_chans=1)
     assert train.classes == test.classes == ("a", "b", "c")
     assert set(test.source.labels.tolist()) == {2}
+
+
+def test_paired_counts_only_defined_pairs_and_the_bench_headline_is_the_measured_condition(files, tmp_path):
+    """At a 2% Bernoulli mask most images have no masked pixel: a paired MINR - MAE comparison rests on the images
+    where both PSNRs are defined (n) and counts the others (excluded), and the tables say so. The bench's headline
+    and verdict read the reconstruct stage's own condition: with ratios 0.02 and 0.5, 50% random, never a
+    hard-coded 75% that this run did not measure."""
+    from cli.bench.config import load_preset
+    from cli.bench.results import BenchResults
+    from cli.bench.stages import ProbeOutcome
+    from cli.bench.verdict import headline_mask, headline_pairs
+    from minr.typed import from_plain
+    from probes.recon.report import ReconResults
+
+    mae = make_checkpoint("mae_tiny", tmp_path / "mae_tiny" / "checkpoint.safetensors", data_root=files["fm"])
+    ginr = tmp_path / "ginr_tiny" / "checkpoint.safetensors"
+    shutil.copytree(files["ckpt_dir"], ginr.parent)
+    out = tmp_path / "rc"
+    args = ["reconstruct", str(ginr), str(mae), "--data-root", str(files["fm"]), "--mask-kinds", "random,bernoulli"]
+    args += ["--mask-ratios", "0.02,0.5", "--max-images", "24", "--no-floors", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    recon = from_plain(ReconResults, json.loads((out / "results.json").read_text()), "results.json")
+    sparse = [c.comparison for c in recon.paired if (c.kind, c.ratio, c.protocol) == ("bernoulli", 0.02, "masked")]
+    assert sparse and all(p.excluded > 0 and p.n + p.excluded == 24 for p in sparse)
+    dense = [c.comparison for c in recon.paired if (c.kind, c.ratio) == ("random", 0.5)]
+    assert dense and all(p.excluded == 0 and p.n == 24 for p in dense)
+    assert f"{sparse[0].n} ({sparse[0].excluded} undefined)" in (out / "results.md").read_text()
+    cfg = load_preset("quick", models=("ginr_tiny", "mae_tiny"))
+    res = BenchResults(cfg, {}, {}, {}, recon, ProbeOutcome(None, None), None, {}, "test", {})
+    assert headline_mask(recon) == ("random", 0.5)
+    pairs = headline_pairs(res)
+    assert pairs and all("50% random" in c.what for c in pairs), [c.what for c in pairs]

@@ -24,6 +24,7 @@ from minr.metrics import PROTOCOLS
 from minr.runtime import hardware
 from probes.recon import analysis
 from probes.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, entry_names, run_conditions
+from probes.stats import pairs_text
 from probes.tables import markdown_table, print_table
 
 PROTOCOL_TITLES = {"full": "full image", "pasted": "pasted (visible pixels from the input)", "masked": "masked region"}
@@ -173,11 +174,12 @@ def markdown(results: ReconResults, cfg: ReconConfig) -> str:
                 c.protocol,
                 f"{c.comparison.diff:+.2f}",
                 f"[{c.comparison.ci_low:+.2f}, {c.comparison.ci_high:+.2f}]",
-                f"{c.comparison.p:.2g}",
+                f"{c.comparison.p:.2g}" if c.comparison.p is not None else "-",
+                pairs_text(c.comparison),
             ]
             for c in results.paired
         ]
-        headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p"]
+        headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p", "images"]
         parts += ["## Paired MINR - MAE per condition\n", markdown_table(headers, rows)]
     return "\n".join(parts)
 
