@@ -139,6 +139,9 @@ LIGHT_COMMANDS = [
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "train.max_steps=2.5"],
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "optim.nme=1"],
     ["reconstruct"],
+    ["models"],  # the registry's names, families and declared sizes
+    ["pretrain", "--model", "nope", "--out", "r"],
+    ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "model=mae_tiny"],
 ]
 
 
@@ -160,5 +163,5 @@ def test_help_and_usage_errors_do_not_import_torch(args, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     exit_code = int(r.stderr.split("EXIT ", 1)[1].split()[0])
-    assert exit_code == (0 if "--help" in args else 2), r.stderr
+    assert exit_code == (0 if "--help" in args or args == ["models"] else 2), r.stderr
     assert r.stderr.strip().splitlines()[-1] == "LOADED []", r.stderr

@@ -59,12 +59,9 @@ def condition(res: BenchResults) -> str:
 
 
 def _params(model: str) -> int:
-    import torch
+    from minr.models import get_spec
 
-    from minr.models import create_model
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in create_model(model).parameters())
+    return get_spec(model).params
 
 
 def headline_rows(res: BenchResults) -> list[list[str]]:
