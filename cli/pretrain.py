@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.app import SEED, console, device_option, floats, main, quiet_option
+from cli.app import SEED, console, device_option, floats, main, quiet_option, refuse_inapplicable
 from minr.config import PretrainConfig, check_override, parse_set, to_yaml
 from probes.tables import print_table
 
@@ -187,6 +187,9 @@ def reconstruct_cmd(
         raise MinrError("give at least one checkpoint (as an argument or with --ckpt)")
     if out is None or out.endswith(".png"):
         from probes.recon.grid import reconstruction_grid
+
+        grid_options = ("ckpt_args", "ckpts", "out", "data_root", "split", "num_images", "scale", "quiet")
+        refuse_inapplicable(click.get_current_context(), grid_options, "the single grid (pass --out DIR to evaluate)")
 
         if len(all_ckpts) > 1:
             raise MinrError("the single grid takes one checkpoint; pass --out DIR to evaluate several")

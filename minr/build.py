@@ -70,6 +70,8 @@ def check_mask(mask: MaskConfig, size: int) -> None:
     if not _masks_some_not_all(mask.kind, cells, mask.ratio):
         ok = [r / 1000 for r in range(1, 1000) if _masks_some_not_all(mask.kind, cells, r / 1000)]
         what = f"masks every one of the {cells} cells"
+        if mask.kind != "bernoulli" and cells * mask.ratio < 0.5:
+            what = f"asks for {cells * mask.ratio:.2g} of the {cells} cells, which the mask would round up to one"
         if mask.kind == "bernoulli":
             few = "masks on average less than one" if cells * mask.ratio < 1 else "leaves on average less than one"
             what = f"{few} of the {cells} cells{'' if cells * mask.ratio < 1 else ' visible'}"
@@ -80,12 +82,14 @@ def check_mask(mask: MaskConfig, size: int) -> None:
 
 
 def _masks_some_not_all(kind: str, cells: int, ratio: float) -> bool:
-    """Whether a mask of `ratio` hides at least one cell and leaves one visible (bernoulli: in expectation)."""
+    """Whether a mask of `ratio` hides at least one cell and leaves one visible (bernoulli: in expectation). An
+    exact-count mask rounds the count up (MAE's `L - int(L * (1 - ratio))`): below half a cell it would mask one
+    cell for any ratio, many times the ratio asked for."""
     if kind == "bernoulli":
         return 1 <= cells * ratio <= cells - 1
     from minr.masking import num_masked
 
-    return 1 <= num_masked(cells, ratio) <= cells - 1
+    return cells * ratio >= 0.5 and 1 <= num_masked(cells, ratio) <= cells - 1
 
 
 def _divisors(size: int) -> str:

@@ -354,6 +354,15 @@ BAD = [
     # reconstruction at a size no memory holds
     (["reconstruct", "{ginr}", "--scale", "1000", "--out", "{tmp}/g.png"], "--scale 1000 renders 40 tiles"),
     (["reconstruct", "{ginr}", "--scale", "1000", "--out", "{tmp}/rc"], "--scale 1000 renders"),
+    # exact-count masks below half a cell would mask one cell, many times the ratio the tables name
+    (
+        ["reconstruct", "{ginr}", "--dataset", "digits", "--mask-kinds", "random", "--mask-ratios", "0.001"]
+        + ["--out", "{tmp}/rc"],
+        "0.049 of a cell rounds up to one (2.0% masked, not 0.1%)",
+    ),
+    # the single grid uses the run's own masks and data: evaluation options are refused, not silently ignored
+    (["reconstruct", "{ginr}", "--mask-ratios", "0.5"], "--mask-ratios does not apply to the single grid"),
+    (["reconstruct", "{ginr}", "--dataset", "digits", "--out", "{tmp}/g.png"], "--dataset does not apply"),
     # what a checkpoint path is when it is not a checkpoint
     (["inspect", "{ckpt_dir}"], "is a folder, not a file; it holds checkpoint.safetensors"),
     (["inspect", "/dev/zero"], "/dev/zero is not a regular file"),

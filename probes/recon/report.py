@@ -23,7 +23,15 @@ from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, 
 from minr.metrics import PROTOCOLS
 from minr.runtime import hardware
 from probes.recon import analysis
-from probes.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, entry_names, run_conditions
+from probes.recon.evaluate import (
+    Collected,
+    PairedCell,
+    ReconConfig,
+    ReconEntry,
+    check_exact_counts,
+    entry_names,
+    run_conditions,
+)
 from probes.stats import pairs_text
 from probes.tables import markdown_table, print_table
 
@@ -189,6 +197,7 @@ def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = T
     from probes.recon.grid import check_render_size, titled_grids
 
     names = entry_names(cfg.ckpts)  # every checkpoint is checked (header) before anything is written
+    check_exact_counts(cfg)
     first = encoder_skeleton(cfg.ckpts[0])[0]
     check_render_size(cfg.scale, first.image_size, first.in_chans, cfg.grid_images * (len(cfg.ckpts) + 3))
     inputs = [*cfg.ckpts, *(p for d in cfg.datasets for p in data_inputs(DataConfig(name=d)))]
