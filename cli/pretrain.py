@@ -233,8 +233,9 @@ def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     from minr.summary import COLUMNS, format_cell, load_summaries
     from probes.tables import markdown_table
 
-    if out is not None:
-        out = output_location(out, inputs=[Path(r) / "summary.json" for r in runs], folder=False)
+    if out is not None:  # every file of the compared runs is an input: --out RUN/checkpoint.safetensors is refused
+        files = [f for r in runs if Path(r).is_dir() for f in Path(r).iterdir() if f.is_file()]
+        out = output_location(out, inputs=[*(Path(r) / "summary.json" for r in runs), *files], folder=False)
     rows = load_summaries(list(runs))
     headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]
     print_table(headers, cells, title="validation reconstruction, same data, masks and budget")

@@ -151,6 +151,8 @@ def files(tmp_path_factory, fashion_small):
     assert r.exit_code == 0, r.output
     f["run"] = d / "run"
     f["big"] = d / "big.bin"  # for a seed above 2**64
+    f["empty_file"] = d / "empty.safetensors"
+    f["empty_file"].write_bytes(b"")
     return f
 
 
@@ -184,6 +186,8 @@ LOSS = [
     (["reconstruct", "{ginr}", "--out", ""], "--out is empty", ["{tmp}", "{ckpt_dir}"], []),
     (["extract", "pixels", "--dataset", "digits", "--cache-dir", ""], "--cache-dir is empty", ["{tmp}"], []),
     (["compare", "{run}", "--out", "{run}/summary.json"], "is also an input", ["{run}"], []),
+    (["compare", "{run}", "--out", "{run}/checkpoint.safetensors"], "is also an input", ["{run}"], []),
+    (["compare", "{run}", "--out", "{run}/config.yaml"], "is also an input", ["{run}"], []),
     (["reconstruct", "{ginr}", "--out", "{ginr}"], "is also an input", ["{ginr}"], []),
     (["reconstruct", "{ginr}", "--out", "{ginr}.png"], "", ["{ckpt_dir}/checkpoint.safetensors"], []),
     (
@@ -221,6 +225,14 @@ LOSS = [
         ["{two}/seg"],
     ),
     (["pretrain", "--model", "mae_tiny", "--out", "{user_file}/run"], "is a file, so nothing", ["{user_file}"], []),
+    (
+        ["data", "make-fashion-scenes", "--data-root", "{fm}", "--n-train", "2", "--n-val", "2", "--out", "{fm}"],
+        "which make-fashion-scenes did not write",
+        ["{fm}"],
+        [],
+    ),
+    (["bench", "--out", "{two}", "--stages", "report"], "and no bench record", ["{two}"], []),
+    (["bench", "--out", "{run}", "--dry-run"], "and no bench record", ["{run}"], []),
     # a command that fails early leaves no folder behind, and only what it created goes
     (
         ["pretrain", "--model", "ginr_tiny", "--dataset", "imagefolder:{gifs}", "--out", "{tmp}/new/run"],
@@ -366,6 +378,7 @@ BAD = [
     # what a checkpoint path is when it is not a checkpoint
     (["inspect", "{ckpt_dir}"], "is a folder, not a file; it holds checkpoint.safetensors"),
     (["inspect", "/dev/zero"], "/dev/zero is not a regular file"),
+    (["inspect", "{empty_file}"], "header too small); was it truncated?"),
     (["probe", "--ckpt", "{ckpt_dir}", "--dataset", "digits", *EXT, "--out", "{tmp}/p"], "is a folder, not a file"),
     (["import-mae", "/dev/zero", "--out", "{tmp}/m.safetensors"], "is not a regular file"),
     (["import-mae", "{tmp}", "--out", "{tmp}/m.safetensors"], "is a folder, not a file"),
