@@ -334,9 +334,9 @@ class Segment(Stage):
             run_segmentation(cfg, b.out / self.name / regime, resume=True, progress=progress)
 
     def load(self, b: Bench) -> dict[str, Any]:
-        from finetune.report import FinetuneResults
+        from finetune.seg_results import SegResults
 
-        return {r: _results(b.out / self.name / r / "results.json", FinetuneResults) for r in self.REGIMES}
+        return {r: _results(b.out / self.name / r / "results.json", SegResults) for r in self.REGIMES}
 
     def work(self, cfg: BenchConfig) -> float:
         s = cfg.segment
