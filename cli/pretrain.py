@@ -15,17 +15,10 @@ from probes.tables import print_table
 @main.command("models")
 def models_cmd() -> None:
     """List the registered models with their parameter counts."""
-    import torch
+    from minr.models import get_spec, list_models
 
-    from minr.models import create_model, get_spec, list_models
-
-    rows = []
-    with torch.device("meta"):
-        for name in list_models():
-            model = create_model(name)
-            rows.append(
-                (name, model.family, f"{sum(p.numel() for p in model.parameters()):,}", get_spec(name).description)
-            )
+    specs = [get_spec(name) for name in list_models()]  # declared counts: nothing is built, torch is not imported
+    rows = [(s.name, s.family, f"{s.params:,}", s.description) for s in specs]
     print_table(("model", "family", "parameters", "description"), rows)
 
 
@@ -68,7 +61,6 @@ def pretrain_cmd(
         if key != "model":  # --set model=... is the config builder's to refuse, with what to use instead
             check_override(PretrainConfig, key, value)
     from minr.build import default_config
-    from minr.train import prepare, pretrain
 
     opts = {
         "data.name": dataset,
@@ -83,6 +75,8 @@ def pretrain_cmd(
     overrides = {k: v for k, v in opts.items() if v is not None}
     overrides.update(sets)
     cfg = default_config(model_name, overrides)
+    from minr.train import prepare, pretrain  # torch, after the checks a config needs no torch for
+
     if dry_run:
         prepare(cfg, out, resume=resume)  # the checks the run makes before it starts (device, model, data, --out)
         click.echo(to_yaml(cfg), nl=False)
@@ -255,8 +249,9 @@ def compare_cmd(runs: tuple[str, ...], out: str | None) -> None:
     from minr.summary import COLUMNS, format_cell, load_summaries
     from probes.tables import markdown_table
 
-    if out is not None:
-        out = output_location(out, inputs=[Path(r) / "summary.json" for r in runs], folder=False)
+    if out is not None:  # every file of the compared runs is an input: --out RUN/checkpoint.safetensors is refused
+        files = [f for r in runs if Path(r).is_dir() for f in Path(r).iterdir() if f.is_file()]
+        out = output_location(out, inputs=[*(Path(r) / "summary.json" for r in runs), *files], folder=False)
     rows = load_summaries(list(runs))
     headers, cells = [title for _, title in COLUMNS], [[format_cell(r.get(k)) for k, _ in COLUMNS] for r in rows]
     print_table(headers, cells, title="validation reconstruction, same data, masks and budget")

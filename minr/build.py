@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from minr.checkpoint import load_checkpoint, read_meta
 from minr.config import MaskConfig, PretrainConfig, apply_overrides, from_dict
 from minr.errors import MinrError
-from minr.masking import num_masked
-from minr.models import Encoder, ModelArgs, create_model, get_spec, resolve_model_args
+from minr.models import ModelArgs, create_model, get_spec, resolve_model_args
+
+if TYPE_CHECKING:
+    import torch
+
+    from minr.models import Encoder
+
+# torch (and the checkpoint and masking modules that import it) is imported where a model or a file is touched:
+# a config's names, keys and types are checked without it (`minrctl pretrain --model nope` answers at once).
 
 
 def default_config(model: str, overrides: dict[str, Any] | None = None) -> PretrainConfig:
@@ -66,6 +70,8 @@ def check_mask(mask: MaskConfig, size: int) -> None:
     if not _masks_some_not_all(mask.kind, cells, mask.ratio):
         ok = [r / 1000 for r in range(1, 1000) if _masks_some_not_all(mask.kind, cells, r / 1000)]
         what = f"masks every one of the {cells} cells"
+        if mask.kind != "bernoulli" and cells * mask.ratio < 0.5:
+            what = f"asks for {cells * mask.ratio:.2g} of the {cells} cells, which the mask would round up to one"
         if mask.kind == "bernoulli":
             few = "masks on average less than one" if cells * mask.ratio < 1 else "leaves on average less than one"
             what = f"{few} of the {cells} cells{'' if cells * mask.ratio < 1 else ' visible'}"
@@ -76,10 +82,14 @@ def check_mask(mask: MaskConfig, size: int) -> None:
 
 
 def _masks_some_not_all(kind: str, cells: int, ratio: float) -> bool:
-    """Whether a mask of `ratio` hides at least one cell and leaves one visible (bernoulli: in expectation)."""
+    """Whether a mask of `ratio` hides at least one cell and leaves one visible (bernoulli: in expectation). An
+    exact-count mask rounds the count up (MAE's `L - int(L * (1 - ratio))`): below half a cell it would mask one
+    cell for any ratio, many times the ratio asked for."""
     if kind == "bernoulli":
         return 1 <= cells * ratio <= cells - 1
-    return 1 <= num_masked(cells, ratio) <= cells - 1
+    from minr.masking import num_masked
+
+    return cells * ratio >= 0.5 and 1 <= num_masked(cells, ratio) <= cells - 1
 
 
 def _divisors(size: int) -> str:
@@ -109,6 +119,10 @@ def pretrain_config(path: str, meta: dict[str, Any]) -> PretrainConfig:
 def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu", **model_args: Any):
     """Rebuild the model from the checkpoint alone (`model_args` such as drop_path_rate change only how it runs).
     Returns (model in eval mode, config, checkpoint meta)."""
+    import torch
+
+    from minr.checkpoint import load_checkpoint
+
     ckpt = load_checkpoint(path)
     cfg = pretrain_config(path, ckpt.meta)
     model = create_model(cfg.model, **{**cfg.model_args, **model_args}) if model_args else build_model(cfg)
@@ -129,6 +143,10 @@ def model_from_checkpoint(path: str, *, map_location: str | torch.device = "cpu"
 def encoder_skeleton(path: str) -> tuple[Encoder, dict[str, Any]]:
     """The checkpoint's model without its weights (on the meta device, no memory, no file read beyond the header):
     enough for its family, resolution, channels, depth and width. Returns (model, checkpoint meta)."""
+    import torch
+
+    from minr.checkpoint import read_meta
+
     meta = read_meta(path)
     cfg = pretrain_config(path, meta)
     with torch.device("meta"):
@@ -161,6 +179,10 @@ def verify_tensors(path: str, prefix: str | None = None) -> dict[str, Any]:
     """Check a checkpoint's encoder tensors against the architecture its metadata names, from the file's header
     and a skeleton on the meta device (nothing is loaded); the encoder's tensors are under `prefix` (default: its
     kind's registered prefix). Returns the metadata; a mismatch is a one-line error."""
+    import torch
+
+    from minr.checkpoint import read_meta
+
     meta = read_meta(path)
     kind = meta["kind"]
     args = meta.get("model_args", meta["config"].get("model_args", {}) if kind == "pretrain" else {})

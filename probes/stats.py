@@ -19,7 +19,10 @@ from scipy.stats import t as student_t
 
 @dataclass(frozen=True)
 class Paired:
-    """a - b on the same `n` items: the mean difference, its 95% bootstrap interval and a test's p-value."""
+    """a - b on the same `n` items: the mean difference, its 95% bootstrap interval and a test's p-value.
+
+    `n` counts the pairs where both values are defined; `excluded` the pairs left out because one is not (NaN: the
+    masked PSNR of an image with no masked pixel), which every estimate and test here leaves out too."""
 
     a: str
     b: str
@@ -31,10 +34,16 @@ class Paired:
     ci_high: float
     p: float | None
     test: str
+    excluded: int = 0
 
     @property
     def significant(self) -> bool:
         return self.p is not None and self.p < 0.05 and (self.ci_low > 0 or self.ci_high < 0)
+
+
+def pairs_text(p: Paired) -> str:
+    """How many pairs a comparison rests on, and how many undefined ones it left out: '24', '17 (7 undefined)'."""
+    return f"{p.n} ({p.excluded} undefined)" if p.excluded else str(p.n)
 
 
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
@@ -84,7 +93,9 @@ def compare(a_name: str, a: np.ndarray, b_name: str, b: np.ndarray, *, method: s
     binary = a.dtype == bool and b.dtype == bool
     d, lo, hi = paired_bootstrap(a, b)
     p = mcnemar_p(a, b) if binary else wilcoxon_p(a, b)
-    return Paired(a_name, b_name, method, metric, len(a), d, lo, hi, p, "mcnemar" if binary else "wilcoxon")
+    defined = len(a) if binary else int(np.isfinite(a.astype(np.float64) - b.astype(np.float64)).sum())
+    test = "mcnemar" if binary else "wilcoxon"
+    return Paired(a_name, b_name, method, metric, defined, d, lo, hi, p, test, excluded=len(a) - defined)
 
 
 def minr_vs_mae(

@@ -64,6 +64,18 @@ ROWS = [
     ([*P, "--set", "train.seed=-1"], "train.seed must be in [0, 2^63-1], got -1"),
     (["reconstruct", "{ginr}", "--seed", "-5", "--out", "{tmp}/rc"], "Invalid value for '--seed'"),
     (["data", "make-fashion-scenes", "--out", "{tmp}/sc", "--seed", str(2**64)], "Invalid value for '--seed'"),
+    # every section's values at their edges, each named with what is allowed
+    ([*P, "--set", "data.val_fraction=1"], "data.val_fraction must be in (0, 1), got 1.0"),
+    ([*P, "--set", "data.workers=-1"], "data.workers must be >= 0, got -1"),
+    ([*P, "--set", "data.max_images=0"], "data.max_images must be positive, got 0"),
+    ([*P, "--set", "optim.warmup_fraction=2"], "optim.warmup_fraction must be in [0, 1), got 2.0"),
+    ([*P, "--set", "optim.decay_at=5"], "optim.decay_at must be in (0, 1], got 5.0"),
+    ([*P, "--set", "optim.clip_grad=.nan"], "optim.clip_grad must be positive or null, got nan"),
+    ([*P, "--set", "optim.lr=1e400"], "optim.lr must be a positive finite number, got inf"),
+    ([*P, "--set", "train.ckpt_every=0"], "train.ckpt_every must be positive, got 0"),
+    ([*P, "--set", "train.keep_checkpoints=[-1]"], "train.keep_checkpoints must be steps >= 0, got [-1]"),
+    ([*P, "--set", "train.render_fraction=0"], "train.render_fraction must be in (0, 1], got 0.0"),
+    ([*P, "--set", "mask.patch=-4"], "mask.patch must be positive, got -4"),
     # --dry-run refuses what the run refuses, before it starts
     ([*DRY, "--set", "model_args.depth=0"], "model_args.depth must be a positive integer"),
     ([*DRY, "--set", "mask.patch=5"], "mask.patch=5 does not divide the 28-px image"),

@@ -151,6 +151,8 @@ def files(tmp_path_factory, fashion_small):
     assert r.exit_code == 0, r.output
     f["run"] = d / "run"
     f["big"] = d / "big.bin"  # for a seed above 2**64
+    f["empty_file"] = d / "empty.safetensors"
+    f["empty_file"].write_bytes(b"")
     return f
 
 
@@ -184,6 +186,8 @@ LOSS = [
     (["reconstruct", "{ginr}", "--out", ""], "--out is empty", ["{tmp}", "{ckpt_dir}"], []),
     (["extract", "pixels", "--dataset", "digits", "--cache-dir", ""], "--cache-dir is empty", ["{tmp}"], []),
     (["compare", "{run}", "--out", "{run}/summary.json"], "is also an input", ["{run}"], []),
+    (["compare", "{run}", "--out", "{run}/checkpoint.safetensors"], "is also an input", ["{run}"], []),
+    (["compare", "{run}", "--out", "{run}/config.yaml"], "is also an input", ["{run}"], []),
     (["reconstruct", "{ginr}", "--out", "{ginr}"], "is also an input", ["{ginr}"], []),
     (["reconstruct-grid", "{ginr}", "--out", "{ginr}.png"], "", ["{ckpt_dir}/checkpoint.safetensors"], []),
     (
@@ -221,6 +225,14 @@ LOSS = [
         ["{two}/seg"],
     ),
     (["pretrain", "--model", "mae_tiny", "--out", "{user_file}/run"], "is a file, so nothing", ["{user_file}"], []),
+    (
+        ["data", "make-fashion-scenes", "--data-root", "{fm}", "--n-train", "2", "--n-val", "2", "--out", "{fm}"],
+        "which make-fashion-scenes did not write",
+        ["{fm}"],
+        [],
+    ),
+    (["bench", "--out", "{two}", "--stages", "report"], "and no bench record", ["{two}"], []),
+    (["bench", "--out", "{run}", "--dry-run"], "and no bench record", ["{run}"], []),
     # a command that fails early leaves no folder behind, and only what it created goes
     (
         ["pretrain", "--model", "ginr_tiny", "--dataset", "imagefolder:{gifs}", "--out", "{tmp}/new/run"],
@@ -354,9 +366,19 @@ BAD = [
     # reconstruction at a size no memory holds
     (["reconstruct-grid", "{ginr}", "--scale", "1000", "--out", "{tmp}/g.png"], "--scale 1000 renders 40 tiles"),
     (["reconstruct", "{ginr}", "--scale", "1000", "--out", "{tmp}/rc"], "--scale 1000 renders"),
+    # exact-count masks below half a cell would mask one cell, many times the ratio the tables name
+    (
+        ["reconstruct", "{ginr}", "--dataset", "digits", "--mask-kinds", "random", "--mask-ratios", "0.001"]
+        + ["--out", "{tmp}/rc"],
+        "0.049 of a cell rounds up to one (2.0% masked, not 0.1%)",
+    ),
+    # the single grid is its own command, with the run's own masks and data: evaluation options are not its own
+    (["reconstruct-grid", "{ginr}", "--mask-ratios", "0.5"], "No such option: --mask-ratios"),
+    (["reconstruct", "{ginr}", "--dataset", "digits", "--out", "{tmp}/g.png"], "is an image path"),
     # what a checkpoint path is when it is not a checkpoint
     (["inspect", "{ckpt_dir}"], "is a folder, not a file; it holds checkpoint.safetensors"),
     (["inspect", "/dev/zero"], "/dev/zero is not a regular file"),
+    (["inspect", "{empty_file}"], "header too small); was it truncated?"),
     (["probe", "--ckpt", "{ckpt_dir}", "--dataset", "digits", *EXT, "--out", "{tmp}/p"], "is a folder, not a file"),
     (["import-mae", "/dev/zero", "--out", "{tmp}/m.safetensors"], "is not a regular file"),
     (["import-mae", "{tmp}", "--out", "{tmp}/m.safetensors"], "is a folder, not a file"),
@@ -509,3 +531,36 @@ def test_every_split_uses_the_train_splits_class_indices(tmp_path):
     test = load_split(cfg, "test", image_size=28, in_chans=1)
     assert train.classes == test.classes == ("a", "b", "c")
     assert set(test.source.labels.tolist()) == {2}
+
+
+def test_paired_counts_only_defined_pairs_and_the_bench_headline_is_the_measured_condition(files, tmp_path):
+    """At a 2% Bernoulli mask most images have no masked pixel: a paired MINR - MAE comparison rests on the images
+    where both PSNRs are defined (n) and counts the others (excluded), and the tables say so. The bench's headline
+    and verdict read the reconstruct stage's own condition: with ratios 0.02 and 0.5, 50% random, never a
+    hard-coded 75% that this run did not measure."""
+    from cli.bench.config import load_preset
+    from cli.bench.results import BenchResults
+    from cli.bench.stages import ProbeOutcome
+    from cli.bench.verdict import headline_mask, headline_pairs
+    from minr.typed import from_plain
+    from probes.recon.report import ReconResults
+
+    mae = make_checkpoint("mae_tiny", tmp_path / "mae_tiny" / "checkpoint.safetensors", data_root=files["fm"])
+    ginr = tmp_path / "ginr_tiny" / "checkpoint.safetensors"
+    shutil.copytree(files["ckpt_dir"], ginr.parent)
+    out = tmp_path / "rc"
+    args = ["reconstruct", str(ginr), str(mae), "--data-root", str(files["fm"]), "--mask-kinds", "random,bernoulli"]
+    args += ["--mask-ratios", "0.02,0.5", "--max-images", "24", "--no-floors", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    recon = from_plain(ReconResults, json.loads((out / "results.json").read_text()), "results.json")
+    sparse = [c.comparison for c in recon.paired if (c.kind, c.ratio, c.protocol) == ("bernoulli", 0.02, "masked")]
+    assert sparse and all(p.excluded > 0 and p.n + p.excluded == 24 for p in sparse)
+    dense = [c.comparison for c in recon.paired if (c.kind, c.ratio) == ("random", 0.5)]
+    assert dense and all(p.excluded == 0 and p.n == 24 for p in dense)
+    assert f"{sparse[0].n} ({sparse[0].excluded} undefined)" in (out / "results.md").read_text()
+    cfg = load_preset("quick", models=("ginr_tiny", "mae_tiny"))
+    res = BenchResults(cfg, {}, {}, {}, recon, ProbeOutcome(None, None), None, {}, "test", {})
+    assert headline_mask(recon) == ("random", 0.5)
+    pairs = headline_pairs(res)
+    assert pairs and all("50% random" in c.what for c in pairs), [c.what for c in pairs]

@@ -68,7 +68,7 @@ def test_bad_bench_values_are_refused_before_any_stage(args, message, tmp_path):
         assert not out.exists()  # refused before the bench wrote anything
 
 
-def test_out_the_bench_did_not_write_is_refused_and_kept(tmp_path):
+def test_out_the_bench_did_not_write_is_refused_and_kept(tmp_path, monkeypatch):
     mine = tmp_path / "x"
     (mine / "report").mkdir(parents=True)
     (mine / "report" / "notes.txt").write_text("keep me")
@@ -77,8 +77,10 @@ def test_out_the_bench_did_not_write_is_refused_and_kept(tmp_path):
         r = CliRunner().invoke(main, ["bench", "--out", str(mine), "--stages", stages])
         assert r.exit_code == 2 and "no bench record" in r.output and "choose another --out" in r.output, r.output
     assert (mine / "report" / "notes.txt").read_text() == "keep me" and (mine / "pretrain" / "myrun").is_dir()
+    monkeypatch.chdir(mine)  # `cd d && minrctl bench --out "$UNSET"`: ./report/ is the user's
     r = CliRunner().invoke(main, ["bench", "--out", "", "--stages", "report"])
     assert r.exit_code == 2 and "--out must name a folder" in r.output
+    assert (mine / "report" / "notes.txt").read_text() == "keep me" and (mine / "pretrain" / "myrun").is_dir()
     (tmp_path / "f").write_text("a file")
     r = CliRunner().invoke(main, ["bench", "--out", str(tmp_path / "f"), "--dry-run"])
     assert r.exit_code == 2 and "is a file" in r.output and (tmp_path / "f").read_text() == "a file"

@@ -140,6 +140,9 @@ LIGHT_COMMANDS = [
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "train.max_steps=2.5"],
     ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "optim.nme=1"],
     ["reconstruct"],
+    ["models"],  # the registry's names, families and declared sizes
+    ["pretrain", "--model", "nope", "--out", "r"],
+    ["pretrain", "--model", "ginr_tiny", "--out", "r", "--set", "model=mae_tiny"],
 ]
 
 
@@ -161,5 +164,27 @@ def test_help_and_usage_errors_do_not_import_torch(args, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     exit_code = int(r.stderr.split("EXIT ", 1)[1].split()[0])
-    assert exit_code == (0 if "--help" in args else 2), r.stderr
+    assert exit_code == (0 if "--help" in args or args == ["models"] else 2), r.stderr
     assert r.stderr.strip().splitlines()[-1] == "LOADED []", r.stderr
+
+
+def test_documented_read_only_commands_run_in_a_fresh_process(tmp_path, fashion_small):
+    """`minrctl models` and `minrctl inspect` as a user runs them, in a fresh interpreter (nothing imported by the
+    test first: the registry of checkpoint layouts and the lazy model classes must load by themselves), for
+    every family."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, make_checkpoint
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "cli.main", *args]
+        return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    r = cli("models")
+    assert r.returncode == 0 and all(n in r.stdout for n in ("ginr_tiny", "transinr_tiny", "mae_tiny")), r.stderr
+    for name in ("ginr_tiny", "transinr_tiny", "mae_tiny"):
+        ckpt = make_checkpoint(name, tmp_path / name / "checkpoint.safetensors", data_root=fashion_small)
+        r = cli("inspect", "--json", str(ckpt))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout)["model"] == name and "Traceback" not in r.stderr

@@ -85,6 +85,8 @@ ROWS = [
     (GINR_TINY, ["mask.patch=14", "mask.ratio=0.8"], "masks every one of the 4 cells (mask.patch=14 on the 28-px"),
     (GINR_TINY, ["mask.kind=bernoulli", "mask.ratio=0.01"], "masks on average less than one of the 49 cells"),
     (MAE_TINY, ["mask.kind=bernoulli", "mask.ratio=0.99"], "leaves on average less than one of the 49 cells visible"),
+    (GINR_TINY, ["mask.ratio=0.001"], "mask.ratio=0.001 asks for 0.049 of the 49 cells, which the mask would round"),
+    (TRANSINR_TINY, ["mask.kind=block", "mask.ratio=0.005"], "asks for 0.24 of the 49 cells"),
     (MAE_TINY, ["mask.patch=7"], "mask.patch=7 but mae_tiny masks whole 4-px patches"),
     (MAE_TINY, ["model_args.patch_size=28", "mask.patch=28"], "makes the 28-px image a single cell"),
     (MAE_TINY, ["train.coord_noise=coordwise"], "mae_tiny renders none"),
@@ -160,3 +162,32 @@ def test_a_small_rank_still_trains_finite():
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.isfinite(out.loss) and grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def _edge_values(spec) -> list[tuple[str, object]]:
+    """(field, value) at and past every numeric field's edge: zero and negative; for rates and scales also 1, huge
+    and not finite."""
+    out = []
+    for f in dataclasses.fields(spec.args):
+        value = getattr(spec.args, f.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        edges = (0, -1) if isinstance(value, int) else (0.0, -1.0, 1.0, 1e9, float("nan"), float("inf"))
+        out += [(f.name, v) for v in edges]
+    return out
+
+
+@pytest.mark.parametrize("model", [GINR_TINY, TRANSINR_TINY, MAE_TINY])
+def test_every_numeric_model_arg_at_its_edges_is_refused_in_one_line_or_builds(model):
+    """Every int and float argument of every family at 0 and -1 (floats also 1, 1e9, NaN, inf): either a one-line
+    MinrError naming the key, or arguments the model builds from (on the meta device): never another exception."""
+    spec = get_spec(model)
+    for name, value in _edge_values(spec):
+        try:
+            args = spec.args.with_overrides({name: value}, model)
+        except MinrError as e:
+            assert f"model_args.{name}" in str(e) and "\n" not in str(e), (name, value, e)
+            continue
+        with torch.device("meta"):
+            built = spec.model_class(args)
+        assert sum(p.numel() for p in built.parameters()) > 0, (name, value)

@@ -6,7 +6,7 @@ import torch
 from minr.config import MaskConfig
 from minr.errors import MinrError
 from minr.masking import make_masks
-from minr.models import MAE, Encoder, create_model, list_models
+from minr.models import MAE, Encoder, create_model, get_spec, list_models
 from minr.models.mae import patchify, unpatchify
 from minr.optim import encoder_layers
 
@@ -44,6 +44,18 @@ def test_paper_parameter_counts(name, count):
     with torch.device("meta"):
         model = create_model(name)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_registry_declares_what_each_preset_builds(name):
+    """`minrctl models` lists the declared family and parameter count without building anything: they must be what
+    the preset builds (change the declaration with the architecture)."""
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = create_model(name)
+    built = sum(p.numel() for p in model.parameters())
+    assert (spec.params, spec.family) == (built, model.family), f"{name} builds {built:,} parameters"
+    assert type(model) is spec.model_class and model.args == spec.args
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from probes.stats import _item_means, minr_vs_mae_seeds, paired_bootstrap, seed_level
+from probes.stats import _item_means, compare, minr_vs_mae_seeds, paired_bootstrap, pairs_text, seed_level
 
 TRUE = 0.3
 
@@ -110,6 +110,20 @@ def test_repeated_rows_are_drawn_from_the_same_distribution_as_items():
     assert fast.mean(0) == pytest.approx(slow.mean(0), abs=2e-3)
     assert fast.std(0) == pytest.approx(slow.std(0), rel=0.1)
     assert fast.std(0) == pytest.approx(cols.std(0) / np.sqrt(4000), rel=0.1)
+
+
+def test_a_paired_comparison_counts_only_defined_pairs():
+    """An undefined value (NaN: the masked PSNR of an image with no masked pixel) on either side leaves its pair out
+    of the estimate, the test and `n`, and is counted in `excluded`."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1, 1, 40), rng.normal(0, 1, 40)
+    a[:5], b[5:8] = np.nan, np.nan
+    p = compare("a", a, "b", b, method="m", metric="psnr")
+    whole = compare("a", a[8:], "b", b[8:], method="m", metric="psnr")
+    assert (p.n, p.excluded, whole.n, whole.excluded) == (32, 8, 32, 0)
+    assert (p.diff, p.p) == (whole.diff, whole.p) and pairs_text(p) == "32 (8 undefined)" and pairs_text(whole) == "32"
+    binary = compare("a", a > 1, "b", b > 1, method="m", metric="acc")  # correct / wrong is always defined
+    assert (binary.n, binary.excluded) == (40, 0)
 
 
 def test_mismatched_inputs_are_refused():

@@ -15,8 +15,17 @@ from pathlib import Path
 from cli.bench.results import BenchResults, gather
 from cli.bench.runs import Bench
 from cli.bench.stages import COMPUTE, PretrainRun, Stage, selected, stage_key
-from cli.bench.verdict import at_headline, chosen_entries, curve_points, headline_pairs, pixels_entry, verdict
+from cli.bench.verdict import (
+    at_headline,
+    chosen_entries,
+    curve_points,
+    headline_mask,
+    headline_pairs,
+    pixels_entry,
+    verdict,
+)
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
+from probes.stats import pairs_text
 from probes.tables import markdown_table, pct, print_table
 
 HEADLINE = [
@@ -34,7 +43,7 @@ HEADLINE = [
 ]
 
 HEADLINE_NOTE = (
-    "PSNR (dB): the test split of the pretraining dataset at 75% random masking (the reconstruct stage; pretraining's "
+    "PSNR (dB): the test split of the pretraining dataset at {condition} (the reconstruct stage; pretraining's "
     "validation when that stage did not run). Linear and k-NN: each encoder's feature kind chosen on validation. "
     "Fine-tuning: "
     "test accuracy. mIoU: mmseg's mIoU on the validation scenes, token backbone (paired tests use per-image IoU); "
@@ -42,13 +51,18 @@ HEADLINE_NOTE = (
 )
 
 
+def condition(res: BenchResults) -> str:
+    """The headline reconstruction condition in words ("75% random masking"), as the reconstruct stage measured it;
+    the paper's when that stage did not run (pretraining's validation then uses the run's own mask)."""
+    from probes.recon.analysis import HEADLINE, condition_words
+
+    return condition_words(*(headline_mask(res.reconstruct) if res.reconstruct else HEADLINE))
+
+
 def _params(model: str) -> int:
-    import torch
+    from minr.models import get_spec
 
-    from minr.models import create_model
-
-    with torch.device("meta"):
-        return sum(p.numel() for p in create_model(model).parameters())
+    return get_spec(model).params
 
 
 def headline_rows(res: BenchResults) -> list[list[str]]:
@@ -84,7 +98,7 @@ def headline_rows(res: BenchResults) -> list[list[str]]:
 
 
 def _psnr(res: BenchResults, model: str, run: PretrainRun | None) -> list[float | None]:
-    """Full, pasted and masked PSNR: the reconstruct stage's test split at 75% random masking on the pretraining
+    """Full, pasted and masked PSNR: the reconstruct stage's test split at the headline condition on the pretraining
     dataset, or pretraining's own validation when that stage did not run."""
     recon = res.reconstruct
     entry = next((e for e in (recon.entries if recon else []) if e.name == model), None)
@@ -101,7 +115,8 @@ def paired_rows(res: BenchResults) -> list[list[str]]:
         p = c.paired
         d, lo, hi = (c.scale * v for v in (p.diff, p.ci_low, p.ci_high))
         test = f"{p.p:.2g} ({p.test})" if p.p is not None else f"- ({p.test})"
-        rows.append([c.what, p.a, p.b, f"{d:+.2f} {c.unit}", f"[{lo:+.2f}, {hi:+.2f}]", test, _yes(p.significant)])
+        row = [c.what, p.a, p.b, f"{d:+.2f} {c.unit}", f"[{lo:+.2f}, {hi:+.2f}]", test, _yes(p.significant)]
+        rows.append([*row, pairs_text(p)])
     return rows
 
 
@@ -142,7 +157,7 @@ def plot_curves(res: BenchResults, batch: int, path: Path) -> Path | None:
 FIGURES = [
     ("Learning curves", "learning_curves.png"),
     ("Test-time masking (feature chosen per encoder)", "probe/main/mask_sweep.png"),
-    ("Reconstructions (75% random masking)", "reconstruct/grid_*.png"),
+    ("Reconstructions ({condition})", "reconstruct/grid_*.png"),
     ("PSNR against the mask ratio", "reconstruct/psnr_vs_ratio_*_random.png"),
     ("Transfer matrix", "reconstruct/transfer_matrix.png"),
     ("Segmentation, frozen backbones", "segment/frozen/predictions.png"),
@@ -161,7 +176,7 @@ def sections(res: BenchResults, recon_cfg) -> list[Table]:
         for ds in recon_cfg.datasets:
             out.append(
                 (
-                    f"Reconstruction, {ds} (75% random; mean [95% CI] dB)",
+                    f"Reconstruction, {ds} ({analysis.condition_title(recon_cfg)}; mean [95% CI] dB)",
                     ["entry", "pretrained on", "full", "pasted", "masked"],
                     analysis.headline(res.reconstruct.entries, recon_cfg, ds),
                 )
@@ -204,8 +219,8 @@ def _over_seeds(mean: float, std: float, per_seed: list[float]) -> str:
     return f"{pct(mean)} ± {pct(std)} (n={len(per_seed)})" if len(per_seed) > 1 else pct(mean)
 
 
-def _figures(out: Path) -> list[tuple[str, Path]]:
-    return [(title, p) for title, pattern in FIGURES for p in sorted(out.glob(pattern))]
+def _figures(out: Path, condition: str) -> list[tuple[str, Path]]:
+    return [(title.format(condition=condition), p) for title, pattern in FIGURES for p in sorted(out.glob(pattern))]
 
 
 def budget(cfg) -> str:
@@ -229,9 +244,10 @@ class Rendered:
     figures: list[tuple[str, Path]]
     timing: str
     machine: str
+    note: str  # what the headline numbers are
 
 
-PAIRED_HEADERS = ["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant"]
+PAIRED_HEADERS = ["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant", "items"]
 
 
 def render(b: Bench, res: BenchResults) -> Rendered:
@@ -248,9 +264,10 @@ def render(b: Bench, res: BenchResults) -> Rendered:
         paired=paired_rows(res),
         says=verdict(res),
         per_stage=sections(res, Reconstruct().configs(b) if res.reconstruct else None),
-        figures=_figures(b.out),
+        figures=_figures(b.out, condition(res)),
         timing=timing,
         machine=f"Code: {res.git_sha}; {hw['cpu']} ({hw['cpu_count']} cores); torch {hw['torch']}.",
+        note=HEADLINE_NOTE.format(condition=condition(res)),
     )
 
 
@@ -262,7 +279,7 @@ def markdown(cfg, r: Rendered, out: Path) -> str:
         f"Stages: {r.timing}. {r.machine}\n",
         "## Headline\n",
         markdown_table(HEADLINE, r.head),
-        f"{HEADLINE_NOTE}\n",
+        f"{r.note}\n",
         "## Paired MINR - MAE\n",
         markdown_table(PAIRED_HEADERS, r.paired),
         "## Verdict (computed from the numbers above)\n",
@@ -319,7 +336,7 @@ def to_html(cfg, r: Rendered) -> str:
         f"<p>Stages: {html.escape(r.timing)}. {html.escape(r.machine)}</p>",
         "<section id='headline'><h2>Headline</h2>",
         _html_table(HEADLINE, r.head),
-        f"<p>{html.escape(HEADLINE_NOTE)}</p></section>",
+        f"<p>{html.escape(r.note)}</p></section>",
         "<section id='paired'><h2>Paired MINR - MAE</h2>",
         _html_table(PAIRED_HEADERS, r.paired),
         "</section>",

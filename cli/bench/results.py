@@ -30,7 +30,7 @@ class BenchResults:
     reconstruct: Any  # probes.recon.report.ReconResults | None
     probe: ProbeOutcome
     finetune: Any  # finetune.report.FinetuneResults | None
-    segment: dict[str, Any]  # regime -> FinetuneResults | None
+    segment: dict[str, Any]  # regime -> finetune.seg_results.SegResults | None
     git_sha: str
     hardware: dict[str, Any]
     seed_level: list[SeedComparison] = field(default_factory=list)  # over pretraining seeds and both budget arms

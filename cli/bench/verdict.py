@@ -16,7 +16,6 @@ from probes.stats import Paired
 from probes.tables import pct
 
 RECON_PROTOCOLS = ("full", "pasted")  # masked-only differences equal pasted ones on the same masks
-HEADLINE_MASK = ("random", 0.75)  # the mask kind and ratio of every headline reconstruction number
 
 
 @dataclass(frozen=True)
@@ -29,9 +28,17 @@ class Comparison:
     scale: float
 
 
+def headline_mask(recon) -> tuple[str, float]:
+    """The mask kind and ratio of every headline reconstruction number: the condition the reconstruct stage chose
+    for its own headline (75% random, or the nearest it measured), read from the stage's config."""
+    from probes.recon.analysis import condition_of
+
+    return condition_of(recon.config["mask_kinds"], recon.config["mask_ratios"])
+
+
 def at_headline(recon, cell) -> bool:
-    """A reconstruction cell of the headline condition: the pretraining dataset (the first evaluated) at 75% random."""
-    return (cell.dataset, cell.kind, cell.ratio) == (recon.config["datasets"][0], *HEADLINE_MASK)
+    """A reconstruction cell of the headline condition, on the pretraining dataset (the first evaluated)."""
+    return (cell.dataset, cell.kind, cell.ratio) == (recon.config["datasets"][0], *headline_mask(recon))
 
 
 def chosen_entries(probe) -> dict[str, object]:

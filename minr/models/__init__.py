@@ -1,24 +1,25 @@
 """The model registry: presets are short functions, looked up by name (`create_model("ginr_tiny")`).
 
-A preset returns its family's declared arguments (`TransINRArgs`, `GINRArgs`, `MAEArgs`: one frozen dataclass per
-family, the model's only constructor argument); a config's `model_args` replace fields of it, checked by
+A preset returns its constructor arguments, which its architecture's declared arguments type and check (`TransINRArgs`,
+`GINRArgs`, `MAEArgs`: one frozen dataclass per family, the model's only constructor argument, built when first
+needed); a config's `model_args` replace fields of it, checked by
 `resolve_model_args` before anything is built. Each preset also carries its training recipe
 (docs/METHOD.md#training-recipes): overrides applied before the user's.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from minr.errors import MinrError
 from minr.models.args import ModelArgs
-from minr.models.base import Encoder, EncoderInfo, FeatureKind, PretrainOutput
-from minr.models.ginr import GINR, GINRArgs
-from minr.models.hyper import HyperINR
-from minr.models.mae import MAE, MAEArgs
-from minr.models.transinr import TransINR, TransINRArgs
+
+if TYPE_CHECKING:
+    from minr.models.base import Encoder
 
 __all__ = [
     "GINR",
@@ -36,31 +37,68 @@ __all__ = [
     "list_models",
     "resolve_model_args",
 ]
-MODEL_CLASSES: dict[str, type[Encoder]] = {"minr": HyperINR, "mae": MAE}  # family -> class (its feature kinds)
+
+# The model modules import torch and timm (3-4 s): they are imported when a class is first asked for, so the
+# registry's names, recipes and descriptions (`minrctl models`, `--help`, an unknown name) answer without them.
+_LAZY = {
+    "GINR": "ginr",
+    "GINRArgs": "ginr",
+    "TransINR": "transinr",
+    "TransINRArgs": "transinr",
+    "MAE": "mae",
+    "MAEArgs": "mae",
+    "HyperINR": "hyper",
+    "HyperINRArgs": "hyper",
+    "Encoder": "base",
+    "EncoderInfo": "base",
+    "FeatureKind": "base",
+    "PretrainOutput": "base",
+}
+_ARCHITECTURES = {"transinr": ("TransINR", "minr"), "ginr": ("GINR", "minr"), "mae": ("MAE", "mae")}  # class, family
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MODEL_CLASSES":  # family -> class (its feature kinds)
+        return {"minr": __getattr__("HyperINR"), "mae": __getattr__("MAE")}
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"minr.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A preset: its model class, its constructor arguments, its training recipe."""
+    """A preset: its architecture, its constructor arguments, its training recipe. `params` is the parameter count
+    the preset builds, declared so that listing models builds nothing (tests/test_models.py checks it)."""
 
     name: str
-    model_class: type[Encoder]
-    args: ModelArgs
+    architecture: str  # a key of _ARCHITECTURES: the module and class that build it
+    kwargs: dict[str, Any]
     recipe: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    params: int = 0
+
+    @property
+    def family(self) -> str:
+        return _ARCHITECTURES[self.architecture][1]
+
+    @property
+    def model_class(self) -> type[Encoder]:
+        return __getattr__(_ARCHITECTURES[self.architecture][0])
+
+    @cached_property
+    def args(self) -> ModelArgs:
+        """The preset's arguments as its family declares them (`model_class.Args`, typed and range-checked)."""
+        return self.model_class.Args(**self.kwargs)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(model_class: type[Encoder], recipe: dict[str, Any], description: str) -> Callable:
-    """Register a preset: a function named after it that returns its `model_class.Args`."""
+def register_model(architecture: str, recipe: dict[str, Any], description: str, *, params: int) -> Callable:
+    """Register a preset: a function named after it that returns its architecture's constructor arguments."""
 
-    def wrap(fn: Callable[[], ModelArgs]) -> Callable[[], ModelArgs]:
-        args = fn()
-        if type(args) is not model_class.Args:
-            raise TypeError(f"preset {fn.__name__} returns {type(args).__name__}, not {model_class.Args.__name__}")
-        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, model_class, args, recipe, description)
+    def wrap(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        _REGISTRY[fn.__name__] = ModelSpec(fn.__name__, architecture, fn(), recipe, description, params)
         return fn
 
     return wrap
@@ -134,42 +172,51 @@ _TINY_ENCODER = dict(image_size=28, in_chans=1, patch_size=4, embed_dim=128, dep
 _MINR_TINY = dict(**_TINY_ENCODER, inr_hidden=64, fourier_freqs=16)
 
 
-@register_model(TransINR, _TRANSINR, "TransINR hypernetwork, 182 px RGB (44.5 M)")
-def transinr_paper() -> TransINRArgs:
-    return TransINRArgs(**_MINR_PAPER, fourier_sigma=1024, tokens_per_layer=64)
+@register_model("transinr", _TRANSINR, "TransINR hypernetwork, 182 px RGB (44.5 M)", params=44_462_851)
+def transinr_paper() -> dict[str, Any]:
+    return dict(**_MINR_PAPER, fourier_sigma=1024, tokens_per_layer=64)
 
 
 # ginr-ipc's Imagenette config (the recipe this preset follows: sigma 128) jitters the training coordinates; its
 # CelebA config (sigma 64) does not: for CelebA use --set model_args.fourier_sigma=64 --set train.coord_noise=none.
-@register_model(GINR, {**_GINR, "train.coord_noise": "coordwise"}, "GINR hypernetwork, 182 px RGB (43.7 M)")
-def ginr_paper() -> GINRArgs:
-    return GINRArgs(**_MINR_PAPER, fourier_sigma=128, ginr_rank=256)
+_GINR_PAPER_RECIPE = {**_GINR, "train.coord_noise": "coordwise"}
 
 
-@register_model(TransINR, {**_TRANSINR, **_TINY, "optim.lr": 1e-3}, "TransINR, 28 px grayscale, for CPU runs")
-def transinr_tiny() -> TransINRArgs:
-    return TransINRArgs(**_MINR_TINY, fourier_sigma=32, tokens_per_layer=16)
+@register_model("ginr", _GINR_PAPER_RECIPE, "GINR hypernetwork, 182 px RGB (43.7 M)", params=43_746_371)
+def ginr_paper() -> dict[str, Any]:
+    return dict(**_MINR_PAPER, fourier_sigma=128, ginr_rank=256)
 
 
-@register_model(GINR, {**_GINR, **_TINY, "optim.lr": 1e-3}, "GINR, 28 px grayscale, for CPU runs")
-def ginr_tiny() -> GINRArgs:
-    return GINRArgs(**_MINR_TINY, fourier_sigma=32, ginr_rank=64)
+_TINY_RECIPE = {**_TINY, "optim.lr": 1e-3}
+
+
+@register_model("transinr", {**_TRANSINR, **_TINY_RECIPE}, "TransINR, 28 px grayscale, for CPU runs", params=867_585)
+def transinr_tiny() -> dict[str, Any]:
+    return dict(**_MINR_TINY, fourier_sigma=32, tokens_per_layer=16)
+
+
+@register_model("ginr", {**_GINR, **_TINY_RECIPE}, "GINR, 28 px grayscale, for CPU runs", params=839_057)
+def ginr_tiny() -> dict[str, Any]:
+    return dict(**_MINR_TINY, fourier_sigma=32, ginr_rank=64)
 
 
 # -- MAE --------------------------------------------------------------------------------------------------
 _MAE_PAPER = dict(image_size=182, in_chans=3, patch_size=14, decoder_dim=512, decoder_depth=8, decoder_heads=16)
 
 
-@register_model(MAE, _MAE, "MAE ViT-Base, patch 14, 182 px RGB")
-def mae_base_paper() -> MAEArgs:
-    return MAEArgs(**_MAE_PAPER, embed_dim=768, depth=12, num_heads=12)
+@register_model("mae", _MAE, "MAE ViT-Base, patch 14, 182 px RGB", params=111_642_700)
+def mae_base_paper() -> dict[str, Any]:
+    return dict(**_MAE_PAPER, embed_dim=768, depth=12, num_heads=12)
 
 
-@register_model(MAE, _MAE, "MAE ViT-Large, patch 14, 182 px RGB")
-def mae_large_paper() -> MAEArgs:
-    return MAEArgs(**_MAE_PAPER, embed_dim=1024, depth=24, num_heads=16)
+@register_model("mae", _MAE, "MAE ViT-Large, patch 14, 182 px RGB", params=329_223_756)
+def mae_large_paper() -> dict[str, Any]:
+    return dict(**_MAE_PAPER, embed_dim=1024, depth=24, num_heads=16)
 
 
-@register_model(MAE, {**_MAE, **_TINY, "optim.lr": 1e-3}, "MAE, 28 px grayscale, encoder as wide as the tiny MINRs")
-def mae_tiny() -> MAEArgs:
-    return MAEArgs(**_TINY_ENCODER, decoder_dim=64, decoder_depth=2, decoder_heads=4)
+_MAE_TINY = "MAE, 28 px grayscale, encoder as wide as the tiny MINRs"
+
+
+@register_model("mae", {**_MAE, **_TINY_RECIPE}, _MAE_TINY, params=914_704)
+def mae_tiny() -> dict[str, Any]:
+    return dict(**_TINY_ENCODER, decoder_dim=64, decoder_depth=2, decoder_heads=4)

@@ -4,6 +4,7 @@ the transfer matrix and every model's margin over the best floor. Every verdict 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,14 +71,23 @@ def nearest(values: tuple[float, ...], target: float) -> float:
 def headline_condition(cfg: ReconConfig) -> tuple[str, float]:
     """The condition of the headline tables, margins, transfer matrix and grids: the paper's 75% random masking,
     or the nearest this run measured (another kind when random is not among them)."""
-    kind = HEADLINE[0] if HEADLINE[0] in cfg.mask_kinds else cfg.mask_kinds[0]
-    return kind, nearest(cfg.mask_ratios, HEADLINE[1])
+    return condition_of(cfg.mask_kinds, cfg.mask_ratios)
+
+
+def condition_of(mask_kinds: Sequence[str], mask_ratios: Sequence[float]) -> tuple[str, float]:
+    """`headline_condition` from the kinds and ratios alone, as a results file stores them."""
+    kind = HEADLINE[0] if HEADLINE[0] in mask_kinds else mask_kinds[0]
+    return kind, nearest(tuple(mask_ratios), HEADLINE[1])
+
+
+def condition_words(kind: str, ratio: float) -> str:
+    """A condition as every title says it: "75% random masking"."""
+    return f"{ratio * 100:g}% {kind} masking"
 
 
 def condition_title(cfg: ReconConfig) -> str:
-    """The headline condition in words, as every title says it: "75% random masking"."""
-    kind, ratio = headline_condition(cfg)
-    return f"{ratio * 100:g}% {kind} masking"
+    """The headline condition in words."""
+    return condition_words(*headline_condition(cfg))
 
 
 def _mean(cell) -> float:

@@ -9,6 +9,7 @@ dataset and resolution; each condition is one batched `inference_mode` pass.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from minr import masking
-from minr.build import model_from_checkpoint
+from minr.build import encoder_skeleton, model_from_checkpoint, pretrain_config
 from minr.checkpoint import short_name, stored_weights_sha256
 from minr.config import MASK_KINDS, DataConfig, MaskConfig
 from minr.data import dataset_sources, load_split
@@ -184,6 +185,24 @@ def masks_for(cfg: ReconConfig, dataset: str, kind: str, ratio: float, patch: in
     """The cell masks of images 0..n-1: the same for every model of this grid (keyed by seed and image index)."""
     mc = MaskConfig(kind=kind, ratio=ratio, patch=patch)
     return masking.make_masks(range(n), mc, size, seed=cfg.seed, salt=f"recon/{dataset}/{cfg.split}")
+
+
+def check_exact_counts(cfg: ReconConfig) -> None:
+    """Random and block masks hide an exact count of cells, rounded up (MAE's count): a ratio below half a cell of a
+    checkpoint's mask grid would mask one cell, many times the ratio the tables are titled with. Refused before any
+    work (Bernoulli masks draw each cell: their unmasked images are left out and counted instead)."""
+    exact = [k for k in cfg.mask_kinds if k != "bernoulli"]
+    for ckpt in cfg.ckpts if exact else ():
+        model, meta = encoder_skeleton(ckpt)
+        patch = pretrain_config(ckpt, meta).mask.patch
+        cells = math.ceil(model.image_size / patch) ** 2
+        low = [r for r in cfg.mask_ratios if cells * r < 0.5]
+        if low:
+            raise MinrError(
+                f"--mask-ratios {low[0]:g}: {exact[0]} masks hide a whole number of {ckpt}'s {cells} cells, and "
+                f"{cells * low[0]:.2g} of a cell rounds up to one ({1 / cells:.1%} masked, not {low[0]:.1%}); use "
+                f"ratios of at least {0.5 / cells:.3g}, or --mask-kinds bernoulli"
+            )
 
 
 def _score(name: str, got: Collected, dataset: str, kind: str, ratio: float, psnr: dict[str, np.ndarray]) -> list[Cell]:

@@ -23,7 +23,16 @@ from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, 
 from minr.metrics import PROTOCOLS
 from minr.runtime import hardware
 from probes.recon import analysis
-from probes.recon.evaluate import Collected, PairedCell, ReconConfig, ReconEntry, entry_names, run_conditions
+from probes.recon.evaluate import (
+    Collected,
+    PairedCell,
+    ReconConfig,
+    ReconEntry,
+    check_exact_counts,
+    entry_names,
+    run_conditions,
+)
+from probes.stats import pairs_text
 from probes.tables import markdown_table, print_table
 
 PROTOCOL_TITLES = {"full": "full image", "pasted": "pasted (visible pixels from the input)", "masked": "masked region"}
@@ -180,11 +189,12 @@ def _paired_table(paired: list[PairedCell]) -> str:
             c.protocol,
             f"{c.comparison.diff:+.2f}",
             f"[{c.comparison.ci_low:+.2f}, {c.comparison.ci_high:+.2f}]",
-            f"{c.comparison.p:.2g}",
+            f"{c.comparison.p:.2g}" if c.comparison.p is not None else "-",
+            pairs_text(c.comparison),
         ]
         for c in paired
     ]
-    headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p"]
+    headers = ["MINR", "MAE", "dataset", "kind", "ratio", "protocol", "diff dB", "95% CI", "Wilcoxon p", "images"]
     return markdown_table(headers, rows)
 
 
@@ -193,6 +203,7 @@ def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = T
     from probes.recon.grid import check_render_size, titled_grids
 
     names = entry_names(cfg.ckpts)  # every checkpoint is checked (header) before anything is written
+    check_exact_counts(cfg)
     first = encoder_skeleton(cfg.ckpts[0])[0]
     check_render_size(cfg.scale, first.image_size, first.in_chans, cfg.grid_images * (len(cfg.ckpts) + 3))
     inputs = [*cfg.ckpts, *(p for d in cfg.datasets for p in data_inputs(DataConfig(name=d)))]
