@@ -132,3 +132,6 @@ def make_checkpoint(model_name: str, path: Path, *, data_root: Path | None = Non
     )
     save_checkpoint(path, model_state=model.state_dict(), meta=meta)
     return path
+
+
+from tests.hostile_files import files  # noqa: E402,F401  (the hostile-input tests' damaged files, one set per module)
