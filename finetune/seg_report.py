@@ -13,17 +13,17 @@ from finetune.report import write_files
 from finetune.seg_results import SegResults
 from minr.io import atomic_write_bytes
 from probes.stats import Paired
-from probes.tables import markdown_table, pct, print_table, signed_pct
+from probes.tables import markdown_table, over_seeds, pct, print_table, signed_pct
 
 
 def main_table(results: SegResults) -> tuple[list[str], list[list[str]]]:
     """One row per model x feature: mIoU (mean ± std over seeds), mAcc, aAcc, the difference to the pixel floor."""
     floor = results.floor
-    head = ["model:feature", "mIoU (mean ± std)", "mAcc", "aAcc", "vs pixels (pts)", "train img/s"]
+    head = ["model:feature", "mIoU (mean ± std over seeds)", "mAcc", "aAcc", "vs pixels (pts)", "train img/s"]
     rows = [
         [
             e.name + (" (floor)" if e.is_floor else ""),
-            f"{pct(e.mean)} ± {pct(e.std)}",
+            over_seeds(e.mean, e.std, len(e.per_seed)),
             pct(e.mAcc),
             pct(e.aAcc),
             "" if floor is None or e.is_floor else signed_pct(e.mean - floor.mean),

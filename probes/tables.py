@@ -16,6 +16,11 @@ from rich.table import Table
 from minr.progress import console as default_console
 
 
+def over_seeds(mean: float | None, std: float, n: int) -> str:
+    """'81.20 ± 0.31 (n=3)' over seeds; the mean alone for one seed (never '± 0.00')."""
+    return f"{pct(mean)} ± {pct(std)} (n={n})" if n > 1 else pct(mean)
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured Markdown table; cells are written with str()."""
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]

@@ -26,7 +26,7 @@ from cli.bench.verdict import (
 )
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
 from probes.stats import pairs_text
-from probes.tables import markdown_table, pct, print_table
+from probes.tables import markdown_table, over_seeds, pct, print_table
 
 HEADLINE = [
     "model",
@@ -215,8 +215,7 @@ def _seg_note(r) -> str:
 
 
 def _over_seeds(mean: float, std: float, per_seed: list[float]) -> str:
-    """'81.20 ± 0.31 (n=3)', or the mean alone for one seed (never '± 0.00')."""
-    return f"{pct(mean)} ± {pct(std)} (n={len(per_seed)})" if len(per_seed) > 1 else pct(mean)
+    return over_seeds(mean, std, len(per_seed))
 
 
 def _figures(out: Path, condition: str) -> list[tuple[str, Path]]:
