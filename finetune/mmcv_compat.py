@@ -1,4 +1,4 @@
-"""Make mmsegmentation importable with mmcv-lite (no compiled `mmcv._ext`), see shared MMSEG.md.
+"""Make mmsegmentation importable with mmcv-lite (no compiled `mmcv._ext`).
 
 A few mmseg modules import `mmcv.ops` unconditionally, and mmcv-lite's `mmcv.ops` needs the compiled extension.
 When (and only when) `mmcv._ext` is absent, `install()` registers a small `mmcv.ops` in `sys.modules` before

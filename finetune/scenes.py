@@ -1,4 +1,4 @@
-"""A real segmentation task that runs on a CPU: Fashion-MNIST garments placed on a canvas (shared DATA.md).
+"""A real segmentation task that runs on a CPU: Fashion-MNIST garments placed on a canvas.
 
 Each pixel's label is its garment's class + 1 where the garment's intensity is above a threshold, 0 (background)
 elsewhere; later garments cover earlier ones. Written in mmseg's `img_dir/{train,val}` + `ann_dir/{train,val}`

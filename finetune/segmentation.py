@@ -74,19 +74,9 @@ def plan_arms(cfg: SegConfig) -> list[Arm]:
                 continue
             layers = _inr_layers(cfg, info, ckpt) if feature in DENSE_FEATURES else ()
             suffix = f"[{','.join(map(str, layers))}]" if layers else ""
-            arms.append(
-                Arm(
-                    f"{run}:{feature}{suffix}",
-                    ckpt,
-                    meta["model"],
-                    meta["family"],
-                    feature,
-                    info,
-                    layers,
-                    cfg.inr_fit_steps if layers else 0,
-                    group,
-                )
-            )
+            fit = cfg.inr_fit_steps if layers else 0
+            name = f"{run}:{feature}{suffix}"
+            arms.append(Arm(name, ckpt, meta["model"], meta["family"], feature, info, layers, fit, group))
     if "pixels" in cfg.backbones:
         for c, info in infos.items():
             name = "pixels" if len(infos) == 1 else f"pixels:{c}ch"
@@ -147,7 +137,7 @@ def build_segmentor(cfg: SegConfig, arm: Arm, num_classes: int) -> torch.nn.Modu
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones", "inr_layers"):
+    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones", "inr_layers", "inr_fit_steps"):
         d.pop(k)
     return d
 
@@ -168,8 +158,9 @@ def train_segmentor(
     exactly resumable. Returns the loop's `FitResult`."""
     bb = model.backbone
     source = getattr(bb, "ckpt", None)
-    layers = list(getattr(bb, "inr_layers", ()))
+    layers, fit = list(getattr(bb, "inr_layers", ())), getattr(bb, "inr_fit_steps", 0)
     ident = {**settings(cfg), "pretrained": str(source), "feature": bb.feature, "inr_layers": layers, "seed": seed}
+    ident |= {"inr_fit_steps": fit} if fit else {}
     if source is None:
         arch = {"model": "pixels", "model_args": {"in_chans": bb.channels}, "family": FLOOR_FAMILY}
     else:
@@ -259,10 +250,13 @@ def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = Fals
     info = segdata.resolve(cfg.dataset)
     arms = plan_arms(cfg)
     with locked_dir(out):
-        entries, runs = [], {}
+        entries, runs, data = [], {}, {}
         for arm in arms:
-            kw = {"in_chans": arm.info.in_chans, "max_images": cfg.max_images, "crop": cfg.crop}
-            train, val = segdata.build_dataset(info, "train", **kw), segdata.build_dataset(info, "val", **kw)
+            c = arm.info.in_chans
+            if c not in data:
+                kw = {"in_chans": c, "max_images": cfg.max_images, "crop": cfg.crop}
+                data[c] = segdata.build_dataset(info, "train", **kw), segdata.build_dataset(info, "val", **kw)
+            train, val = data[c]
             runs[arm.name] = []
             for seed in range(cfg.seeds):
                 torch.manual_seed(seed)
@@ -297,7 +291,12 @@ def _results(
         for a, f in floor_of.items()
     ]
     return SegResults(
-        config={**settings(cfg), "seeds": cfg.seeds, "backbones": list(cfg.backbones)},
+        config={
+            **settings(cfg),
+            "seeds": cfg.seeds,
+            "backbones": list(cfg.backbones),
+            "inr_fit_steps": cfg.inr_fit_steps,
+        },
         classes=list(info.classes),
         entries=entries,
         paired=minr_vs_mae(values, method="segmentation", metric="IoU", groups=[group[e.name] for e in entries]),

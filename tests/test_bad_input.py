@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from cli.main import main
 from minr.checkpoint import FORMAT, load_checkpoint
 from tests.conftest import make_checkpoint, write_idx
+from tests.hostile_files import _pretrain
 
 
 def _rewrite(src, dst, *, meta=None, tensors=None, raw_meta=None, version=None):
@@ -98,25 +99,7 @@ def files(tmp_path_factory, fashion_small):
     torch.save({"model": Payload()}, d / "code.pth")
     f["code"] = d / "code.pth"
     run = d / "run"
-    r = CliRunner().invoke(
-        main,
-        [
-            "pretrain",
-            "--model",
-            "mae_tiny",
-            "--data-root",
-            str(fashion_small),
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "32",
-            "--out",
-            str(run),
-            "--quiet",
-            "--set",
-            "train.val_max_images=8",
-        ],
-    )
+    r = CliRunner().invoke(main, _pretrain(run, fashion_small))
     assert r.exit_code == 0, r.output
     f["run"] = run
     return f

@@ -316,7 +316,7 @@ class HyperINR(Encoder):
         change enters as a constant (first order), so gradients still reach the hypernetwork when it is fine-tuned.
         feats: (Q, F) for x's pixels."""
         target = x.flatten(2).transpose(1, 2).float()  # (B, Q, C), the order of `feats`
-        fitted = [w.detach().clone().requires_grad_(w.dim() == 3) for w in weights]
+        fitted = [w.detach().clone().requires_grad_() if w.dim() == 3 else w.detach() for w in weights]
         biases = [b.detach() for b in self.biases]
         q = len(feats)
         pick = max(1, round(FIT_FRACTION * q))
