@@ -251,7 +251,7 @@ def _train(
     try:
         result = run.fit(
             data,
-            masked_step(cfg, net, model.image_size, device),
+            masked_step(cfg, net, model.image_size, device, len(data) // cfg.train.batch_size),
             loop_plan(cfg, len(data) // cfg.train.batch_size),
             device=device,
             env=env,
@@ -269,14 +269,18 @@ def _train(
     return result, val_metrics
 
 
-def masked_step(cfg: PretrainConfig, net: nn.Module, size: int, device: torch.device):
+def masked_step(cfg: PretrainConfig, net: nn.Module, size: int, device: torch.device, per_epoch: int):
     """The step function of pretraining: a batch's keyed masks, the pixels rendered this step, GINR's coordinate
-    noise, and the masked-reconstruction loss of `net` (the model, or its DDP wrapper)."""
+    noise, and the masked-reconstruction loss of `net` (the model, or its DDP wrapper). Masks are keyed by image
+    and epoch: an image is masked anew each time it is seen, as MAE draws them (the first epoch's salt is the
+    plain "train", so one-epoch runs keep their masks)."""
 
     def step_fn(batch, step: int) -> StepResult:
         images, _, idx = batch
         images = images.to(device, non_blocking=True)
-        mask = masking.make_masks(idx, cfg.mask, size, seed=cfg.train.seed, salt="train").to(device)
+        epoch = step // per_epoch
+        salt = "train" if epoch == 0 else f"train/epoch{epoch}"
+        mask = masking.make_masks(idx, cfg.mask, size, seed=cfg.train.seed, salt=salt).to(device)
         extra = {
             "pixel_index": pixel_subset(cfg, size, step, device),
             "coord_noise": coord_noise(cfg, idx, size, step, device),

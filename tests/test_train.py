@@ -195,3 +195,29 @@ def test_render_a_random_pixel_subset(fashion_small, tmp_path):
     rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:] if r.startswith("train")]
     assert len(rows) == 3 and all(r[5] == "" and float(r[3]) > 0 for r in rows)  # no full-image PSNR in training
     assert s["psnr_full"] > 0
+
+
+def test_masks_are_drawn_anew_each_epoch_and_the_first_epoch_keeps_its_own():
+    """An image seen in a later epoch gets a new mask (as MAE draws them); epoch 0's masks are the run's
+    original ones, and a step's masks depend only on (seed, epoch, image), so a resumed run draws the same."""
+    from types import SimpleNamespace
+
+    from minr import masking
+    from minr.train import masked_step
+
+    cfg = default_config("mae_tiny")
+    seen = []
+
+    def net(images, mask, patch, **extra):
+        seen.append(mask.clone())
+        return SimpleNamespace(loss=images.sum(), recon=None)
+
+    step = masked_step(cfg, net, 28, torch.device("cpu"), per_epoch=5)
+    batch = (torch.zeros(3, 1, 28, 28), None, torch.tensor([7, 8, 9]))
+    for s in (0, 4, 5, 12, 5):
+        step(batch, s)
+    first = masking.make_masks([7, 8, 9], cfg.mask, 28, seed=cfg.train.seed, salt="train")
+    assert torch.equal(seen[0], first) and torch.equal(seen[1], first)  # epoch 0, twice
+    assert not torch.equal(seen[2], first) and not torch.equal(seen[3], seen[2])  # epochs 1 and 2: new masks
+    assert torch.equal(seen[4], seen[2])  # the same epoch again: the same masks
+    assert all(int(m.sum()) == int(first.sum()) for m in seen)  # every draw masks the same share
