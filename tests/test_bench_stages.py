@@ -53,6 +53,9 @@ BAD = [
     (["--set", "probe.dataset=null"], "needs --set probe.dataset=NAME"),
     (["--set", "probe.seeds=two"], "probe.seeds"),
     (["--set", "train.batch_size=8"], "`minrctl bench --preset quick --dry-run`"),
+    (["--set", "plan.mfu=2"], "plan.mfu must be in (0, 1]"),
+    (["--set", "plan.gpus=[0]"], "plan.gpus must be counts >= 1"),
+    (["--set", "plan.train_images=0"], "plan.train_images must be positive"),
     (["--models", "mae_tiny,mae_tiny"], "--models names 'mae_tiny' twice"),
     (["--stages", "probe,probe"], "--stages names 'probe' twice"),
 ]

@@ -30,7 +30,10 @@ def _names(text: str | None) -> tuple[str, ...]:
 @click.option("--force", is_flag=True, help="Replace the results of a bench with another configuration in --out.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("--quiet", is_flag=True, help="Plain log lines, no progress bars.")
-def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet) -> None:
+@click.option(
+    "--plan", is_flag=True, help="Train nothing: FLOPs, memory and time per stage, here and on GPUs (plan.md in --out)."
+)
+def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet, plan) -> None:
     """Pretrain every model under one budget, then reconstruct, probe, fine-tune and segment, and write one report
     (report.md, report.html, results.json). Stages already done with the same inputs are skipped; a killed bench
     continues where it stopped."""
@@ -47,9 +50,31 @@ def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet) -> None:
         check_out(Path(out), cfg, force)
         click.echo(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False), nl=False)
         return
+    if plan:
+        _plan(cfg, Path(out), quiet)
+        return
     path = run_bench(cfg, out, quiet=quiet, force=force, say=(click.echo if quiet else None))
     if "report" in selected(cfg):
         console.print(f"wrote {path}/report.md, report.html and results.json")
+
+
+def _plan(cfg, out: Path, quiet: bool) -> None:
+    import dataclasses
+
+    from cli.bench.plan import make_plan, markdown
+    from cli.bench.run import PLAN_FILES, check_out
+    from cli.bench.runs import Bench
+    from minr.io import atomic_write_text, write_json
+    from minr.runtime import resolve_device
+
+    check_out(out, cfg, force=True)  # the plan writes only its own two files, into a bench's folder or a new one
+    say = click.echo if quiet else (lambda m: console.print(m, highlight=False))
+    plan = make_plan(Bench(cfg, out), resolve_device("auto"), say=say)
+    text = markdown(plan)
+    write_json(out / PLAN_FILES[0], dataclasses.asdict(plan))
+    atomic_write_text(out / PLAN_FILES[1], text)
+    click.echo(text)
+    say(f"wrote {out}/{PLAN_FILES[1]} and {PLAN_FILES[0]}")
 
 
 @main.command("bench-speed")

@@ -119,6 +119,28 @@ class SegmentSettings:
 
 
 @dataclass(frozen=True)
+class PlanSettings:
+    """What `--plan` needs beyond the stages: image counts of a dataset it cannot read (the paper's are on the
+    machine that will run it), the segmentation images' side and classes, the GPUs and the MFU it assumes."""
+
+    train_images: int | None = None
+    test_images: int | None = None
+    segment_size: int = 512  # ADE20K's training crop
+    segment_classes: int = 150
+    gpus: tuple[int, ...] = (1, 8)
+    mfu: float = 0.4
+
+    def __post_init__(self) -> None:
+        for what in ("train_images", "test_images"):
+            v = getattr(self, what)
+            _check(v is None or v > 0, f"plan.{what} must be positive, got {v}")
+        _check(self.segment_size >= 28, f"plan.segment_size must be at least 28, got {self.segment_size}")
+        _check(self.segment_classes >= 2, f"plan.segment_classes must be at least 2, got {self.segment_classes}")
+        _check(bool(self.gpus) and all(g >= 1 for g in self.gpus), f"plan.gpus must be counts >= 1, got {self.gpus}")
+        _check(0 < self.mfu <= 1, f"plan.mfu must be in (0, 1], got {self.mfu}")
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     name: str
     description: str = ""
@@ -129,6 +151,7 @@ class BenchConfig:
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     finetune: FinetuneSettings = field(default_factory=FinetuneSettings)
     segment: SegmentSettings = field(default_factory=SegmentSettings)
+    plan: PlanSettings = field(default_factory=PlanSettings)
     expected_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds at the preset's own budget
 
     def __post_init__(self) -> None:

@@ -31,8 +31,9 @@ STAGES: tuple[Stage, ...] = (*COMPUTE, Report())
 BY_NAME = {s.name: s for s in STAGES}
 RECORD = "bench.json"
 STARTED = "stage-inputs.json"
+PLAN_FILES = ("plan.json", "plan.md")  # `--plan`'s, which a bench may follow in the same folder
 # What a bench writes at the top of --out besides its stage folders.
-OWN_FILES = (RECORD, "report.md", "report.html", "results.json", "learning_curves.png", ".minr.lock")
+OWN_FILES = (RECORD, "report.md", "report.html", "results.json", "learning_curves.png", ".minr.lock", *PLAN_FILES)
 
 
 def validate(cfg: BenchConfig) -> BenchConfig:
@@ -65,7 +66,8 @@ def check_out(out: Path, cfg: BenchConfig, force: bool) -> None:
         raise MinrError(f"--out {out} is a file; give a folder")
     if not out.is_dir():
         return
-    present = sorted(p.name for p in out.iterdir() if p.name != ".minr.lock")  # the lock is taken before the record
+    # the lock is taken before the record; a plan may come first
+    present = sorted(p.name for p in out.iterdir() if p.name not in (".minr.lock", *PLAN_FILES))
     record = out / RECORD
     if not record.is_file():
         if present:

@@ -80,6 +80,20 @@ class Bench:
         """The random initialisations of the first seed's models."""
         return [(f"{m}@init", self.ckpt(m, 0)) for m in self.cfg.models]
 
+    def run_of(self, ckpt: str) -> str:
+        """The pretraining run whose architecture a checkpoint of the bench has (finals, curve, initialisations)."""
+        names = {self.ckpt(n): n for n in self.model_of_run()}
+        names |= {c: n.split("@")[0] for n, c in [*self.scratch(), *self.scratch_first()]}
+        names |= {c: m for m, _, c in self.curve()}
+        return names[ckpt]
+
+    def model_of_run(self) -> dict[str, str]:
+        """Every pretraining run's (the bench's and the extra ones) model preset."""
+        return {r.name: r.model for r in self.runs()} | {e.name: e.model for e in self.cfg.pretrain.extra}
+
+    def model_of(self, run: str) -> str:
+        return self.model_of_run()[run]
+
     def log(self, message: str) -> None:
         if not self.quiet:
             from minr.progress import console

@@ -11,6 +11,7 @@ stage's typed results through `load`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,23 @@ def _hashes(ckpts: list[str]) -> list[str]:
 def _settings(cfg: Any, *drop: str) -> dict[str, Any]:
     """A library config as plain data without the fields the key holds otherwise (checkpoints by their hashes)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in ("ckpts", *drop)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of a stage's work, for `--plan`: `images` passes of `kind` (pretrain, forward, features,
+    finetune, segment/<regime>/<feature>) through the architecture of pretraining run `run`, at global `batch`
+    (0: inference)."""
+
+    stage: str
+    what: str
+    run: str
+    kind: str
+    images: int
+    batch: int = 0
+
+
+Sizes = Callable[[str | None, str | None], tuple[int, int]]  # (dataset, root) -> (train, test) image counts
 
 
 def _results(path: Path, cls: type) -> Any:
@@ -61,6 +79,10 @@ class Stage:
     def work(self, cfg: BenchConfig) -> float:
         """Proportional to the stage's cost (the unit is the stage's own)."""
         return 1.0
+
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        """The stage's work as jobs (`minrctl bench --plan`)."""
+        return []
 
     def outcomes(self, b: Bench) -> dict[str, dict[str, np.ndarray]]:
         """metric -> run name -> per-item values on the same items for every run (correct/wrong per test image,
@@ -94,6 +116,12 @@ class Pretrain(Stage):
 
         for name, cfg in self.configs(b).items():
             pretrain(cfg, b.run_dir(name), resume=True, progress=progress)
+
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        return [
+            Job(self.name, n, n, "pretrain", c.train.max_steps * c.train.batch_size, c.train.batch_size)
+            for n, c in self.configs(b).items()
+        ]
 
     def load(self, b: Bench) -> dict[str, PretrainRun | None]:
         return {n: PretrainRun.read(b.run_dir(n) / "summary.json") for n in b.names()}
@@ -150,6 +178,15 @@ class Reconstruct(Stage):
         from probes.recon.report import run_reconstruct
 
         run_reconstruct(self.configs(b), b.out / self.name, progress=progress)
+
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        r, out = self.configs(b), []
+        for ckpt in r.ckpts:
+            for ds in r.datasets:
+                n = min(r.max_images or sizes(ds, r.data_root)[1], sizes(ds, r.data_root)[1])
+                per = len(r.mask_ratios) * len(r.mask_kinds)
+                out.append(Job(self.name, f"{b.run_of(ckpt)} on {ds}", b.run_of(ckpt), "forward", n * per))
+        return out
 
     def load(self, b: Bench):
         from probes.recon.report import ReconResults
@@ -214,6 +251,16 @@ class Probe(Stage):
         for part, cfg in self.configs(b).items():
             run_probe(cfg, b.out / self.name / part, progress=progress, log=log)
 
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        """Train and test features once, the test features again at every non-zero test-time mask ratio."""
+        out = []
+        for part, cfg in self.configs(b).items():
+            train, test = sizes(cfg.data.name, cfg.data.root)
+            passes = min(cfg.data.max_images or train, train) + test * (1 + sum(m > 0 for m in cfg.mask_ratios))
+            for ckpt, name in zip(cfg.ckpts, cfg.names, strict=True):
+                out.append(Job(self.name, f"{name} ({part})", b.run_of(ckpt), "features", passes))
+        return out
+
     def load(self, b: Bench) -> ProbeOutcome:
         from probes.results import ProbeResults
 
@@ -267,6 +314,15 @@ class Finetune(Stage):
         from finetune.classification import run_finetune
 
         run_finetune(self.configs(b), b.out / self.name, resume=True, progress=progress)
+
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        cfg = self.configs(b)
+        train = sizes(cfg.data.name, cfg.data.root)[0]
+        images = cfg.epochs * min(cfg.data.max_images or train, train) * cfg.seeds
+        return [
+            Job(self.name, n, b.run_of(c), "finetune", images, cfg.batch_size)
+            for c, n in zip(cfg.ckpts, cfg.names, strict=True)
+        ]
 
     def load(self, b: Bench):
         from finetune.report import FinetuneResults
@@ -340,6 +396,26 @@ class Segment(Stage):
             )
         for regime, cfg in self.configs(b).items():
             run_segmentation(cfg, b.out / self.name / regime, resume=True, progress=progress)
+
+    def jobs(self, b: Bench, sizes: Sizes) -> list[Job]:
+        """Every encoder x feature it has (per-pixel ones: MINR only) and the pixel floor, in both regimes."""
+        from cli.bench.runs import family
+        from finetune.configs import DENSE_FEATURES
+
+        out = []
+        for regime, cfg in self.configs(b).items():
+            images = cfg.max_steps * cfg.batch_size * cfg.seeds
+            for ckpt, name in zip(cfg.ckpts, cfg.names, strict=True):
+                run = b.run_of(ckpt)
+                dense = family(b.model_of(run)) == "minr"
+                for f in (f for f in cfg.backbones if f != "pixels" and (dense or f not in DENSE_FEATURES)):
+                    out.append(
+                        Job(self.name, f"{name}:{f} {regime}", run, f"segment/{regime}/{f}", images, cfg.batch_size)
+                    )
+            if "pixels" in cfg.backbones:
+                run = b.run_of(cfg.ckpts[0])
+                out.append(Job(self.name, f"pixels {regime}", run, f"segment/{regime}/pixels", images, cfg.batch_size))
+        return out
 
     def load(self, b: Bench) -> dict[str, Any]:
         from finetune.seg_results import SegResults

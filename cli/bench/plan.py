@@ -1,0 +1,327 @@
+"""`minrctl bench --plan`: what a bench will cost before it runs, per stage and in total.
+
+The jobs are the stages' own configs (the runs, checkpoints, budgets and images the bench would use). Each distinct
+(model, job kind) is measured once on this device with a few real steps on random inputs of the right shape:
+
+- FLOPs per image, counted with `torch.utils.flop_counter` (matrix products, convolutions, attention: the work that
+  grows with the model; machine-independent);
+- seconds per image at a small batch, which times the job's image passes for this machine's estimate;
+- peak memory per process at batches 1 and 2, extrapolated linearly to the job's per-process batch (fp32 as
+  measured; bf16 autocast on a GPU needs less for activations, so it is an upper bound there).
+
+GPU estimates divide the FLOPs by the GPU count x the published dense bf16 peak x the stated MFU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from cli.bench.runs import Bench
+from cli.bench.stages import COMPUTE, Job, selected
+from minr.config import PretrainConfig, to_dict
+
+# Published dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+INFERENCE_BATCH = 64  # extraction and reconstruction batches, as timed here
+TIMED_FLOPS = 2e11  # the most FLOPs a timed step may take (a few seconds on a CPU)
+GPUS = {"A100 (SXM)": 312e12, "H100 (SXM)": 989e12, "H200": 989e12, "L40S": 362e12}
+
+
+@dataclass
+class Cost:
+    flops_per_image: float
+    seconds_per_image: float
+    mem_mb_at_2: float
+    mem_mb_per_image: float
+
+    def memory_mb(self, batch: int) -> float:
+        return self.mem_mb_at_2 + self.mem_mb_per_image * (batch - 2)
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    flops: float
+    seconds_here: float
+    peak_mb: dict[int, float]  # processes -> peak memory per process
+    jobs: int
+
+
+@dataclass
+class Plan:
+    preset: str
+    device: str
+    mfu: float
+    gpu_counts: tuple[int, ...]
+    stages: list[StagePlan] = field(default_factory=list)
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def flops(self) -> float:
+        return sum(s.flops for s in self.stages)
+
+    def gpu_hours(self, peak: float, gpus: int, flops: float) -> float:
+        return flops / (gpus * peak * self.mfu) / 3600
+
+
+# -- the jobs ---------------------------------------------------------------------------------------------------
+def dataset_sizes(b: Bench, name: str | None, root: str | None) -> tuple[int, int]:
+    """(train, test) image counts: `plan.train_images`/`plan.test_images` when set, else the dataset's own."""
+    p = b.cfg.plan
+    if p.train_images and p.test_images:
+        return p.train_images, p.test_images
+    from minr.config import DataConfig
+    from minr.data import load_split
+    from minr.errors import MinrError
+
+    try:
+        data = DataConfig(name=name or "", root=root)
+        return tuple(len(load_split(data, split, image_size=28, in_chans=1)) for split in ("train", "test"))
+    except MinrError:
+        raise MinrError(
+            f"--plan: cannot count the images of {name!r}; give them with --set plan.train_images=N "
+            "--set plan.test_images=N (Imagenette: 9469 and 3925)"
+        ) from None
+
+
+def jobs(b: Bench) -> list[Job]:
+    """Every job of the selected stages, as each stage counts its work."""
+    chosen, counted = set(selected(b.cfg)), {}
+
+    def sizes(name: str | None, root: str | None) -> tuple[int, int]:
+        if (name, root) not in counted:
+            counted[name, root] = dataset_sizes(b, name, root)
+        return counted[name, root]
+
+    return [j for s in COMPUTE if s.name in chosen for j in s.jobs(b, sizes)]
+
+
+# -- measuring one (model, kind) ----------------------------------------------------------------------------------
+def _counted(fn: Callable[[], None]) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _measure(make: Callable[[int], Callable[[], None]], device: torch.device, batch: int) -> tuple[float, ...]:
+    """(FLOPs per image, seconds per image, peak MiB at batch 2, MiB per further image) of a job's step. Memory
+    from batches 2 and 4 (batch norm in training needs two images); time at the job's own per-process `batch`,
+    or at the largest batch of at most `TIMED_FLOPS` per step (small batches cost more per image: an upper bound)."""
+    from cli.bench.speed import PeakMemory, timed
+
+    flops = _counted(make(2)) / 2
+    peaks = []
+    for n in (2, 4):
+        step = make(n)
+        with PeakMemory(device) as mem:
+            step()
+        peaks.append(mem.peak_mb)
+    timed_batch = max(2, min(batch, int(TIMED_FLOPS / max(flops, 1.0))))
+    seconds = timed(make(timed_batch), device, 2) / timed_batch
+    return flops, seconds, peaks[0], max(peaks[1] - peaks[0], 0.0) / 2
+
+
+def _pretrain_step(cfg: PretrainConfig, device: torch.device):
+    from cli.bench.speed import train_step_fn
+    from minr.build import build_model
+
+    model = build_model(cfg).to(device).train()
+    return lambda n: train_step_fn(
+        model, cfg.mask.patch, n, device, autocast=device.type == "cuda", render_fraction=cfg.train.render_fraction
+    )
+
+
+def _forward_step(cfg: PretrainConfig, device: torch.device, features: bool):
+    from minr.build import build_model
+    from minr.flops import random_batch
+
+    model = build_model(cfg).to(device).eval()
+
+    def make(n: int):
+        x, mask, patch = random_batch(model, n, device, cfg.mask.patch, cfg.mask)
+
+        @torch.inference_mode()
+        def step() -> None:
+            model.features(x, model.kind_names()) if features else model(x, mask, patch)
+
+        return step
+
+    return make
+
+
+def _finetune_step(cfg: PretrainConfig, device: torch.device):
+    import torch.nn.functional as F
+
+    from finetune.classifier import EncoderClassifier
+    from minr.build import build_model
+
+    encoder = build_model(cfg)
+    model = EncoderClassifier(encoder, 10, kind=encoder.FINETUNE_KIND).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def make(n: int):
+        x = torch.rand(n, encoder.in_chans, encoder.image_size, encoder.image_size, device=device)
+        y = torch.randint(0, 10, (n,), device=device)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        return step
+
+    return make
+
+
+def _segment_step(cfg: PretrainConfig, seg_cfg, regime: str, feature: str, size: int, classes: int, device, tmp: Path):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    from finetune.segmentation import build_segmentor, plan_arms
+    from minr.build import build_model
+    from minr.checkpoint import checkpoint_meta, save_checkpoint
+
+    encoder = build_model(cfg)
+    ckpt = tmp / f"{cfg.model}.safetensors"
+    if not ckpt.is_file():  # a randomly initialised checkpoint of the architecture: the segmentor is built from it
+        meta = checkpoint_meta(
+            "pretrain",
+            model=cfg.model,
+            model_args=dict(cfg.model_args),
+            family=encoder.family,
+            config=to_dict(cfg),
+            step=0,
+            epoch=0,
+            git_sha="plan",
+        )
+        save_checkpoint(ckpt, model_state=encoder.state_dict(), meta=meta)
+    one = dataclasses.replace(seg_cfg, ckpts=(str(ckpt),), names=(), groups=(), backbones=(feature,))
+    with contextlib.redirect_stdout(None):
+        arm = plan_arms(one)[0]
+    model = build_segmentor(one, arm, classes).to(device).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def make(n: int):
+        inputs, samples = [], []
+        for _ in range(n):
+            inputs.append(torch.randint(0, 256, (encoder.in_chans, size, size), dtype=torch.uint8))
+            s = SegDataSample(metainfo={"img_shape": (size, size), "ori_shape": (size, size)})
+            s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, size, size)))
+            samples.append(s)
+
+        def step() -> None:
+            data = model.data_preprocessor({"inputs": [x.to(device) for x in inputs], "data_samples": samples}, True)
+            loss, _ = model.parse_losses(model(**data, mode="loss"))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        return step
+
+    return make
+
+
+def measure(job: Job, cfg: PretrainConfig, b: Bench, device: torch.device, tmp: Path) -> Cost:
+    if job.kind == "pretrain":
+        make = _pretrain_step(cfg, device)
+    elif job.kind in ("forward", "features"):
+        make = _forward_step(cfg, device, job.kind == "features")
+    elif job.kind == "finetune":
+        make = _finetune_step(cfg, device)
+    else:
+        _, regime, feature = job.kind.split("/")
+        seg = {s.name: s for s in COMPUTE}["segment"].configs(b)[regime]
+        size, classes = segment_shape(b)
+        make = _segment_step(cfg, seg, regime, feature, size, classes, device, tmp)
+    return Cost(*_measure(make, device, job.batch or INFERENCE_BATCH))
+
+
+def segment_shape(b: Bench) -> tuple[int, int]:
+    """The segmentation images' side and class count: the bench's scenes (56 px, 11 classes), else the plan's."""
+    p = b.cfg.plan
+    return (56, 11) if b.cfg.segment.dataset is None else (p.segment_size, p.segment_classes)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------------
+def make_plan(b: Bench, device: torch.device, say: Callable[[str], None] = lambda m: None) -> Plan:
+    from minr.runtime import hardware
+
+    all_jobs, runs = jobs(b), {s.name: s for s in COMPUTE}["pretrain"].configs(b)
+    p = b.cfg.plan
+    plan = Plan(b.cfg.name, f"{device} ({hardware().get('cpu')})", p.mfu, tuple(p.gpus))
+    costs: dict[tuple[str, str], Cost] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for job in all_jobs:
+            cfg = runs[job.run]
+            key = (json.dumps([cfg.model, to_dict(cfg)["model_args"]], sort_keys=True), job.kind)
+            if key not in costs:
+                say(f"measuring {cfg.model} {job.kind} on {device}")
+                torch.manual_seed(0)
+                costs[key] = measure(job, cfg, b, device, Path(tmp))
+                plan.costs[f"{cfg.model} {job.kind}"] = dataclasses.asdict(costs[key])
+    by_stage: dict[str, StagePlan] = {}
+    for job in all_jobs:
+        cfg = runs[job.run]
+        cost = costs[(json.dumps([cfg.model, to_dict(cfg)["model_args"]], sort_keys=True), job.kind)]
+        s = by_stage.setdefault(job.stage, StagePlan(job.stage, 0.0, 0.0, {}, 0))
+        s.flops += cost.flops_per_image * job.images
+        s.seconds_here += cost.seconds_per_image * job.images
+        s.jobs += 1
+        for n in (1, *plan.gpu_counts):
+            per_process = max(job.batch // n, 2) if job.batch else 2
+            s.peak_mb[n] = max(s.peak_mb.get(n, 0.0), cost.memory_mb(per_process))
+    plan.stages = list(by_stage.values())
+    plan.assumptions = [
+        "FLOPs: counted per image with torch.utils.flop_counter (matmuls, convolutions, attention; elementwise ops "
+        "left out), times each job's image passes (steps x batch, or images x conditions).",
+        f"This machine: seconds per image measured on {device} at each job's batch ({INFERENCE_BATCH} for "
+        f"inference), or the largest batch of at most {TIMED_FLOPS / 1e9:.0f} GFLOP per step (an upper bound), "
+        "times the image passes. Probe heads (logistic regression, k-NN) and evaluation passes are not counted.",
+        "Peak memory per process: measured at batches 2 and 4 on this device (fp32 unless CUDA bf16 autocast), "
+        "extrapolated linearly to the configured batch divided among the processes; inference at batch 2.",
+        f"GPUs: the FLOPs at {p.mfu:.0%} of each GPU's published dense bf16 peak, divided evenly among the GPUs "
+        "(no communication cost): " + ", ".join(f"{g} {v / 1e12:.0f} TFLOP/s" for g, v in GPUS.items()) + ".",
+    ]
+    return plan
+
+
+def _h(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:,.1f} h"
+    return f"{seconds / 60:,.1f} min" if seconds >= 60 else f"{seconds:,.1f} s"
+
+
+def markdown(plan: Plan) -> str:
+    from probes.tables import markdown_table
+
+    counts = sorted({1, *plan.gpu_counts})
+    gpu_cols = [(g, n) for g in GPUS for n in plan.gpu_counts]
+    head = ["stage", "jobs", "PFLOP", "this machine"] + [f"peak MiB ({n} proc)" for n in counts]
+    head += [f"{g} x{n}" for g, n in gpu_cols]
+    rows = []
+    total = StagePlan("total", 0.0, 0.0, {}, 0)
+    for s in [*plan.stages]:
+        total.flops += s.flops
+        total.seconds_here += s.seconds_here
+        total.jobs += s.jobs
+        for n in counts:
+            total.peak_mb[n] = max(total.peak_mb.get(n, 0.0), s.peak_mb.get(n, 0.0))
+    for s in [*plan.stages, total]:
+        row = [s.stage, s.jobs, f"{s.flops / 1e15:,.3f}", _h(s.seconds_here)]
+        row += [f"{s.peak_mb.get(n, 0.0):,.0f}" for n in counts]
+        row += [_h(plan.gpu_hours(GPUS[g], n, s.flops) * 3600) for g, n in gpu_cols]
+        rows.append(row)
+    lines = [f"# Plan: bench preset {plan.preset}", "", f"Measured on {plan.device}.", "", markdown_table(head, rows)]
+    lines += ["Assumptions:", "", *(f"- {a}" for a in plan.assumptions), ""]
+    return "\n".join(lines)
