@@ -10,6 +10,8 @@ head as it is, or UPerNet as a four-level pyramid (`dense_pyramid`: strides 1, 2
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from mmengine.model import BaseModule
@@ -46,6 +48,7 @@ class MinrBackbone(BaseModule):
         inr_fit_steps: int = 0,
         frozen: bool = False,
         drop_path_rate: float = 0.0,
+        cache_mb: int = 4096,
         init_cfg=None,
     ) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -62,6 +65,9 @@ class MinrBackbone(BaseModule):
         self.ckpt, self.model_name, self.model_args = ckpt, model_name, dict(model_args or {})
         self.feature, self.frozen, self.pyramid, self.inr_window = feature, frozen, pyramid, inr_window
         self.inr_fit_steps = inr_fit_steps
+        # a frozen encoder's per-pixel features of a training image are the same at every step: kept, up to cache_mb
+        self._cache: dict[str, torch.Tensor] = {}
+        self._cache_left = cache_mb * 2**20
         self.out_indices = _levels(out_indices, info.depth, "block", ckpt or model_name)
         self.inr_layers: tuple[int, ...] = ()
         if feature != "tokens":
@@ -90,12 +96,30 @@ class MinrBackbone(BaseModule):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             if self.feature == "tokens":
                 return tuple(self.encoder.forward_intermediates(x, self.out_indices))
-            maps = self._inr_maps(x)
-            if self.feature == "inr+tokens":
-                tokens = self.encoder.forward_intermediates(x, self.out_indices[-1:])[0]
-                maps.append(F.interpolate(tokens, size=x.shape[-2:], mode="bilinear", align_corners=False))
-            dense = torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]
+            dense = self._cached(x) if self.frozen and self.training else self._dense(x)
         return dense_pyramid(dense) if self.pyramid else (dense,)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel map: INR activations, and for "inr+tokens" the last token map upsampled."""
+        maps = self._inr_maps(x)
+        if self.feature == "inr+tokens":
+            tokens = self.encoder.forward_intermediates(x, self.out_indices[-1:])[0]
+            maps.append(F.interpolate(tokens, size=x.shape[-2:], mode="bilinear", align_corners=False))
+        return torch.cat(maps, dim=1) if len(maps) > 1 else maps[0]
+
+    def _cached(self, x: torch.Tensor) -> torch.Tensor:
+        """`_dense` of a frozen encoder in training, each image's map computed once: the encoder does not change
+        and each image's INR fit is independent of its batch, so a seen image's map is read back (keyed by its
+        pixels, so an augmented view is a new image). Maps are kept while `cache_mb` lasts."""
+        keys = [hashlib.blake2b(xi.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest() for xi in x]
+        keys = [f"{k}{tuple(x.shape[1:])}" for k in keys]
+        new = [i for i, k in enumerate(keys) if k not in self._cache]
+        fresh = dict(zip(new, self._dense(x[new]), strict=True)) if new else {}
+        for i, m in fresh.items():
+            size = m.numel() * m.element_size()
+            if size <= self._cache_left:
+                self._cache[keys[i]], self._cache_left = m.detach().clone(), self._cache_left - size
+        return torch.stack([fresh[i] if i in fresh else self._cache[k] for i, k in enumerate(keys)])
 
     def _inr_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """INR activations at every pixel. With `inr_window`, the image is cut into windows of the encoder's own

@@ -313,15 +313,36 @@ def test_ade20k_layout_and_scene_determinism(tmp_path, fashion_small):
         assert p.read_bytes() == (b / "ann_dir" / "train" / p.name).read_bytes()
 
 
+def test_frozen_per_pixel_features_are_computed_once_per_image(ckpts, monkeypatch):
+    """A frozen encoder's per-pixel map of a training image is computed once and read back after, equal to a fresh
+    computation; evaluation does not use the cache."""
+    bb = MinrBackbone(ckpt=str(ckpts["ginr_tiny"]), feature="inr+tokens", inr_layers=(1,), frozen=True, inr_fit_steps=2)
+    bb.train()
+    x, calls, real = torch.rand(3, 1, 56, 40), [], bb._dense
+    monkeypatch.setattr(bb, "_dense", lambda t: calls.append(len(t)) or real(t))
+    (a,) = bb(x)
+    (b,) = bb(torch.cat([x[1:], torch.rand(1, 1, 56, 40)]))  # two images seen, one new
+    assert calls == [3, 1] and torch.equal(b[:2], a[1:])
+    bb.eval()
+    (fresh,) = bb(x)
+    assert calls == [3, 1, 3] and torch.allclose(fresh, a, atol=1e-5)
+
+
 @pytest.mark.slow
-def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "model, regime, backbone",
+    [("ginr_tiny", "full", "tokens"), ("mae_tiny", "frozen", "tokens"), ("ginr_tiny", "frozen", "inr")],
+)
+def test_segmentation_resume_is_exact(model, regime, backbone, ckpts, scenes, tmp_path, monkeypatch):
     """A segmentation run killed right after its first checkpoint and resumed ends with the weights of one never
     stopped: the one training loop's resume holds for its third user."""
     from minr.checkpoint import load_checkpoint, weights_sha256
 
     info = segdata.resolve(f"fashion-scenes:{scenes}")
     train = segdata.build_dataset(info, "train", in_chans=1)
-    cfg = SegConfig(ckpts=(str(ckpts["ginr_tiny"]),), dataset=str(scenes), max_steps=9, batch_size=8, regime="full")
+    cfg = SegConfig(
+        ckpts=(str(ckpts[model]),), dataset=str(scenes), max_steps=9, batch_size=8, regime=regime, backbones=(backbone,)
+    )
 
     def run(out, resume=False):
         torch.manual_seed(0)
@@ -334,7 +355,7 @@ def test_segmentation_resume_is_exact(ckpts, scenes, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "b" / "segmentation.safetensors").meta["step"] == 6  # 48 images / 8: epoch end
     run(tmp_path / "b", resume=True)
     a, b = (load_checkpoint(tmp_path / d / "segmentation.safetensors") for d in "ab")
-    assert b.meta["step"] == 9 and b.meta["kind"] == "segmentation" and b.meta["model"] == "ginr_tiny"
+    assert b.meta["step"] == 9 and b.meta["kind"] == "segmentation" and b.meta["model"] == model
     assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
 
 

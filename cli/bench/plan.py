@@ -117,18 +117,26 @@ def _counted(fn: Callable[[], None]) -> float:
 def _measure(make: Callable[[int], Callable[[], None]], device: torch.device, batch: int) -> tuple[float, ...]:
     """(FLOPs per image, seconds per image, peak MiB at batch 2, MiB per further image) of a job's step. Memory
     from batches 2 and 4 (batch norm in training needs two images); time at the job's own per-process `batch`,
-    or at the largest batch of at most `TIMED_FLOPS` per step (small batches cost more per image: an upper bound)."""
-    from cli.bench.speed import PeakMemory, timed
+    or at the largest batch of at most `TIMED_FLOPS` per step, and at least 4 (small batches cost more per image:
+    then it is an upper bound)."""
+    import time
 
-    flops = _counted(make(2)) / 2
-    peaks = []
+    from cli.bench.speed import PeakMemory, sync, timed
+
+    flops = _counted(make(2)) / 2  # also the warm-up
+    peaks, seconds = [], 0.0
     for n in (2, 4):
         step = make(n)
         with PeakMemory(device) as mem:
+            sync(device)
+            t0 = time.perf_counter()
             step()
+            sync(device)
+            seconds = (time.perf_counter() - t0) / n
         peaks.append(mem.peak_mb)
-    timed_batch = max(2, min(batch, int(TIMED_FLOPS / max(flops, 1.0))))
-    seconds = timed(make(timed_batch), device, 2) / timed_batch
+    timed_batch = min(batch, int(TIMED_FLOPS / max(flops, 1.0)))
+    if timed_batch > 4:
+        seconds = timed(make(timed_batch), device, 2) / timed_batch
     return flops, seconds, peaks[0], max(peaks[1] - peaks[0], 0.0) / 2
 
 
@@ -286,7 +294,8 @@ def make_plan(b: Bench, device: torch.device, say: Callable[[str], None] = lambd
         "FLOPs: counted per image with torch.utils.flop_counter (matmuls, convolutions, attention; elementwise ops "
         "left out), times each job's image passes (steps x batch, or images x conditions).",
         f"This machine: seconds per image measured on {device} at each job's batch ({INFERENCE_BATCH} for "
-        f"inference), or the largest batch of at most {TIMED_FLOPS / 1e9:.0f} GFLOP per step (an upper bound), "
+        f"inference), or the largest batch of at most {TIMED_FLOPS / 1e9:.0f} GFLOP per step and at least 4 (then "
+        "an upper bound), "
         "times the image passes. Probe heads (logistic regression, k-NN) and evaluation passes are not counted.",
         "Peak memory per process: measured at batches 2 and 4 on this device (fp32 unless CUDA bf16 autocast), "
         "extrapolated linearly to the configured batch divided among the processes; inference at batch 2.",

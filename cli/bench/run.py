@@ -84,7 +84,7 @@ def check_out(out: Path, cfg: BenchConfig, force: bool) -> None:
         )
     old = read_json(record, "a bench record").get("config", {})
     new = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    keep = ("stages", "models", "expected_s")
+    keep = ("stages", "models", "expected_s", "plan")  # what does not change a result
     if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in new.items() if k not in keep} and not force:
         raise MinrError(
             f"{out} holds a bench with another configuration; choose another --out, "

@@ -69,7 +69,7 @@ class SpeedReport:
 
 
 # -- measurement helpers ----------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -122,10 +122,10 @@ def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
     a @ b
     best = float("inf")
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
 
@@ -153,10 +153,10 @@ def timed(fn: Callable[[], None], device: torch.device, steps: int) -> float:
     fn()
     times = []
     for _ in range(steps):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
