@@ -14,7 +14,7 @@ import numpy as np
 from minr.checkpoint import read_meta, short_name
 from minr.io import atomic_write_bytes, atomic_write_text, write_json
 from probes.stats import Paired
-from probes.tables import markdown_table, over_seeds, print_table, signed_pct
+from probes.tables import markdown_table, over_seeds, print_table, rate, signed_pct
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,7 @@ def run_name(ckpt: str, taken: set[str], given: str | None = None) -> tuple[str,
 
 def _columns(results: FinetuneResults) -> tuple[list[str], list[list[str]]]:
     head = ["model", "test accuracy % (mean ± std over seeds)", "train img/s"]
-    rows = [
-        [e.name, over_seeds(e.mean, e.std, len(e.per_seed)), f"{e.train_images_per_s or 0:.0f}"]
-        for e in results.entries
-    ]
+    rows = [[e.name, over_seeds(e.mean, e.std, len(e.per_seed)), rate(e.train_images_per_s)] for e in results.entries]
     return head, rows
 
 

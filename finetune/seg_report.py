@@ -13,7 +13,7 @@ from finetune.report import write_files
 from finetune.seg_results import SegResults
 from minr.io import atomic_write_bytes
 from probes.stats import Paired
-from probes.tables import markdown_table, over_seeds, pct, print_table, signed_pct
+from probes.tables import markdown_table, over_seeds, pct, print_table, rate, signed_pct
 
 
 def main_table(results: SegResults) -> tuple[list[str], list[list[str]]]:
@@ -27,7 +27,7 @@ def main_table(results: SegResults) -> tuple[list[str], list[list[str]]]:
             pct(e.mAcc),
             pct(e.aAcc),
             "" if floor is None or e.is_floor else signed_pct(e.mean - floor.mean),
-            f"{e.train_images_per_s or 0:.0f}",
+            rate(e.train_images_per_s),
         ]
         for e in results.entries
     ]

@@ -101,6 +101,33 @@ def build_model(cfg: PretrainConfig) -> Encoder:
     return get_spec(cfg.model).model_class(check_config(cfg))
 
 
+def initial_checkpoint(cfg: PretrainConfig, path, *, git_sha: str = "init"):
+    """A pretraining checkpoint of `cfg`'s model at its random initialisation (seed `cfg.train.seed`), what a run
+    writes at step 0: a real checkpoint for whatever reads one before anything is trained. Returns the path."""
+    from pathlib import Path
+
+    import torch
+
+    from minr.checkpoint import checkpoint_meta, save_checkpoint
+    from minr.config import to_dict
+
+    torch.manual_seed(cfg.train.seed)
+    model, path = build_model(cfg), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = checkpoint_meta(
+        "pretrain",
+        model=cfg.model,
+        model_args=cfg.model_args,
+        family=model.family,
+        config=to_dict(cfg),
+        step=0,
+        epoch=0,
+        git_sha=git_sha,
+    )
+    save_checkpoint(path, model_state=model.state_dict(), meta=meta)
+    return path
+
+
 def pretrain_config(path: str, meta: dict[str, Any]) -> PretrainConfig:
     """The pretraining config a checkpoint was written under; refuses checkpoints that are not pretrained encoders."""
     if meta.get("kind", "pretrain") != "pretrain":

@@ -79,10 +79,17 @@ class FitResult:
     busy_s: float
     losses: list[float]  # of this session's steps
     skipped: int = 0
+    before: tuple[int, float] = (0, 0.0)  # (images, busy seconds) of the sessions before this one
 
     @property
     def images_per_s(self) -> float | None:
-        return self.images / self.busy_s if self.busy_s else None
+        """Over the whole run, the sessions before a resume included (their totals are in the checkpoint)."""
+        busy = self.busy_s + self.before[1]
+        return (self.images + self.before[0]) / busy if busy else None
+
+    def totals(self) -> dict[str, float]:
+        """What each checkpoint records, so that a resumed run still knows its speed."""
+        return {"trained_images": self.images + self.before[0], "trained_busy_s": self.busy_s + self.before[1]}
 
     def add(self, loss: float, images: int, seconds: float) -> None:
         """Count a step taken."""
@@ -113,6 +120,7 @@ def fit(
     meta: Callable[[int, int], dict[str, Any]],
     device: torch.device,
     start_step: int = 0,
+    before: tuple[int, float] = (0, 0.0),
     env: Dist = SINGLE,
     collate_fn: Callable | None = None,
     workers: int = 0,
@@ -122,9 +130,10 @@ def fit(
     description: str = "train",
 ) -> FitResult:
     """Train `model` from `start_step` to `plan.total`; `step_fn(batch, step)` runs the forward pass (under
-    autocast) and returns the loss. Checkpoints (`meta(step, epoch)` describes them) are written by rank 0."""
+    autocast) and returns the loss. Checkpoints (`meta(step, epoch)` describes them, with the run's image and busy
+    totals; `before`: those of the checkpoint resumed) are written by rank 0."""
     per_epoch = _steps_per_epoch(len(dataset), plan.batch_size)
-    result, step, saved = FitResult(start_step, 0, 0.0, []), start_step, start_step
+    result, step, saved = FitResult(start_step, 0, 0.0, [], before=before), start_step, start_step
     if step == 0 and 0 in plan.keep:  # the randomly initialised model, a control for every evaluation
         _save(model, optimizer, ckpt_path, meta(0, 0), env, 0, keep=True)
     model.train()
@@ -157,7 +166,8 @@ def fit(
                     if evaluate is not None and validate:
                         evaluate(step, epoch)
                         model.train()
-                    _save(model, optimizer, ckpt_path, meta(step, epoch), env, step, keep=step in plan.keep)
+                    info = {**meta(step, epoch), **result.totals()}
+                    _save(model, optimizer, ckpt_path, info, env, step, keep=step in plan.keep)
                     saved = step
                 if step == plan.total:
                     break

@@ -94,6 +94,7 @@ class Run:
         """Train the started model from `start_step` through `minr.loop.fit` (`loop`: its other options)."""
         if self.model is None:
             raise RuntimeError("Run.fit before Run.start")
+        done = self.ckpt.meta if self.ckpt is not None else {}
         return fit(
             self.model,
             self.optimizer,
@@ -104,6 +105,7 @@ class Run:
             meta=self.meta,
             device=device,
             start_step=self.start_step,
+            before=(int(done.get("trained_images", 0)), float(done.get("trained_busy_s", 0.0))),
             **loop,
         )
 

@@ -104,3 +104,8 @@ def pct(x: float | None, digits: int = 2) -> str:
 
 def signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}"
+
+
+def rate(x: float | None) -> str:
+    """An images/s figure, '-' when none was measured."""
+    return "-" if x is None else f"{x:.0f}"

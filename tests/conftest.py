@@ -112,26 +112,10 @@ def imagefolder(tmp_path) -> Path:
 
 def make_checkpoint(model_name: str, path: Path, *, data_root: Path | None = None, seed: int = 0) -> Path:
     """An untrained but real minr checkpoint of a registered model (what `pretrain` writes at step 0)."""
-    from minr.build import build_model, default_config
-    from minr.checkpoint import checkpoint_meta, save_checkpoint
-    from minr.config import to_dict
+    from minr.build import default_config, initial_checkpoint
 
     cfg = default_config(model_name, {"data.root": str(data_root) if data_root else None, "train.seed": seed})
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = checkpoint_meta(
-        "pretrain",
-        model=model_name,
-        model_args=cfg.model_args,
-        family=model.family,
-        config=to_dict(cfg),
-        step=0,
-        epoch=0,
-        git_sha="test",
-    )
-    save_checkpoint(path, model_state=model.state_dict(), meta=meta)
-    return path
+    return initial_checkpoint(cfg, path, git_sha="test")
 
 
 from tests.hostile_files import files  # noqa: E402,F401  (the hostile-input tests' damaged files, one set per module)

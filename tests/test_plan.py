@@ -46,3 +46,8 @@ def test_plan_needs_image_counts_it_cannot_read(tmp_path):
     args += ["--set", "finetune.dataset=imagefolder:/nowhere", "--set", "pretrain.dataset=imagefolder:/nowhere"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code != 0 and "plan.train_images" in r.output and "Traceback" not in r.output
+
+
+def test_plan_of_the_report_alone_is_refused(tmp_path):
+    r = CliRunner().invoke(main, ["bench", "--stages", "report", "--out", str(tmp_path / "p"), "--plan"])
+    assert r.exit_code == 2 and "run nothing to plan" in r.output

@@ -357,6 +357,10 @@ def test_segmentation_resume_is_exact(model, regime, backbone, ckpts, scenes, tm
     a, b = (load_checkpoint(tmp_path / d / "segmentation.safetensors") for d in "ab")
     assert b.meta["step"] == 9 and b.meta["kind"] == "segmentation" and b.meta["model"] == model
     assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
+    # the run's speed survives the stop: a finished run resumed again still reports it, from the checkpoint's totals
+    assert b.meta["trained_images"] == a.meta["trained_images"] == 9 * 8
+    again = run(tmp_path / "b", resume=True)
+    assert again.images == 0 and again.images_per_s == 72 / b.meta["trained_busy_s"]
 
 
 def _all_background_miou(val) -> float:

@@ -5,9 +5,10 @@ The jobs are the stages' own configs (the runs, checkpoints, budgets and images 
 
 - FLOPs per image, counted with `torch.utils.flop_counter` (matrix products, convolutions, attention: the work that
   grows with the model; machine-independent);
-- seconds per image at a small batch, which times the job's image passes for this machine's estimate;
-- peak memory per process at batches 1 and 2, extrapolated linearly to the job's per-process batch (fp32 as
-  measured; bf16 autocast on a GPU needs less for activations, so it is an upper bound there).
+- seconds per image at the job's batch (or a smaller one for a large model), times the job's image passes: this
+  machine's estimate;
+- peak memory per process at batches 2 and 4, extrapolated linearly to the job's batch per process (fp32 on a
+  CPU; bf16 autocast on a GPU needs less for activations).
 
 GPU estimates divide the FLOPs by the GPU count x the published dense bf16 peak x the stated MFU.
 """
@@ -28,10 +29,10 @@ from cli.bench.runs import Bench
 from cli.bench.stages import COMPUTE, Job, selected
 from minr.config import PretrainConfig, to_dict
 
-# Published dense bf16 tensor-core peaks (no sparsity), FLOP/s.
 INFERENCE_BATCH = 64  # extraction and reconstruction batches, as timed here
 TIMED_FLOPS = 2e11  # the most FLOPs a timed step may take (a few seconds on a CPU)
-GPUS = {"A100 (SXM)": 312e12, "H100 (SXM)": 989e12, "H200": 989e12, "L40S": 362e12}
+# Published dense bf16 tensor-core peaks (no sparsity), FLOP/s.
+GPUS = {"A100 (SXM)": 312e12, "H100 (SXM)": 989e12, "L40S": 362e12}  # an H200 has the H100's peak
 
 
 @dataclass
@@ -64,12 +65,8 @@ class Plan:
     costs: dict[str, dict[str, float]] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=list)
 
-    @property
-    def flops(self) -> float:
-        return sum(s.flops for s in self.stages)
-
-    def gpu_hours(self, peak: float, gpus: int, flops: float) -> float:
-        return flops / (gpus * peak * self.mfu) / 3600
+    def gpu_seconds(self, peak: float, gpus: int, flops: float) -> float:
+        return flops / (gpus * peak * self.mfu)
 
 
 # -- the jobs ---------------------------------------------------------------------------------------------------
@@ -197,23 +194,12 @@ def _segment_step(cfg: PretrainConfig, seg_cfg, regime: str, feature: str, size:
     from mmseg.structures import SegDataSample
 
     from finetune.segmentation import build_segmentor, plan_arms
-    from minr.build import build_model
-    from minr.checkpoint import checkpoint_meta, save_checkpoint
+    from minr.build import build_model, initial_checkpoint
 
     encoder = build_model(cfg)
     ckpt = tmp / f"{cfg.model}.safetensors"
-    if not ckpt.is_file():  # a randomly initialised checkpoint of the architecture: the segmentor is built from it
-        meta = checkpoint_meta(
-            "pretrain",
-            model=cfg.model,
-            model_args=dict(cfg.model_args),
-            family=encoder.family,
-            config=to_dict(cfg),
-            step=0,
-            epoch=0,
-            git_sha="plan",
-        )
-        save_checkpoint(ckpt, model_state=encoder.state_dict(), meta=meta)
+    if not ckpt.is_file():  # the segmentor is built from a checkpoint: the architecture's random initialisation
+        initial_checkpoint(cfg, ckpt, git_sha="plan")
     one = dataclasses.replace(seg_cfg, ckpts=(str(ckpt),), names=(), groups=(), backbones=(feature,))
     with contextlib.redirect_stdout(None):
         arm = plan_arms(one)[0]
@@ -266,6 +252,10 @@ def make_plan(b: Bench, device: torch.device, say: Callable[[str], None] = lambd
     from minr.runtime import hardware
 
     all_jobs, runs = jobs(b), {s.name: s for s in COMPUTE}["pretrain"].configs(b)
+    if not all_jobs:
+        from minr.errors import MinrError
+
+        raise MinrError(f"--plan: --stages {','.join(b.cfg.stages)} run nothing to plan; add a computing stage")
     p = b.cfg.plan
     plan = Plan(b.cfg.name, f"{device} ({hardware().get('cpu')})", p.mfu, tuple(p.gpus))
     costs: dict[tuple[str, str], Cost] = {}
@@ -319,17 +309,13 @@ def markdown(plan: Plan) -> str:
     head = ["stage", "jobs", "PFLOP", "this machine"] + [f"peak MiB ({n} proc)" for n in counts]
     head += [f"{g} x{n}" for g, n in gpu_cols]
     rows = []
-    total = StagePlan("total", 0.0, 0.0, {}, 0)
-    for s in [*plan.stages]:
-        total.flops += s.flops
-        total.seconds_here += s.seconds_here
-        total.jobs += s.jobs
-        for n in counts:
-            total.peak_mb[n] = max(total.peak_mb.get(n, 0.0), s.peak_mb.get(n, 0.0))
+    total = StagePlan("total", sum(s.flops for s in plan.stages), sum(s.seconds_here for s in plan.stages), {}, 0)
+    total.jobs = sum(s.jobs for s in plan.stages)
+    total.peak_mb = {n: max(s.peak_mb.get(n, 0.0) for s in plan.stages) for n in counts}
     for s in [*plan.stages, total]:
         row = [s.stage, s.jobs, f"{s.flops / 1e15:,.3f}", _h(s.seconds_here)]
         row += [f"{s.peak_mb.get(n, 0.0):,.0f}" for n in counts]
-        row += [_h(plan.gpu_hours(GPUS[g], n, s.flops) * 3600) for g, n in gpu_cols]
+        row += [_h(plan.gpu_seconds(GPUS[g], n, s.flops)) for g, n in gpu_cols]
         rows.append(row)
     lines = [f"# Plan: bench preset {plan.preset}", "", f"Measured on {plan.device}.", "", markdown_table(head, rows)]
     lines += ["Assumptions:", "", *(f"- {a}" for a in plan.assumptions), ""]
