@@ -53,6 +53,7 @@ BAD = [
     (["--set", "probe.dataset=null"], "needs --set probe.dataset=NAME"),
     (["--set", "probe.seeds=two"], "probe.seeds"),
     (["--set", "train.batch_size=8"], "`minrctl bench --preset quick --dry-run`"),
+    (["--set", "segment.crop=0"], "--crop must be >= 1"),
     (["--set", "plan.mfu=2"], "plan.mfu must be in (0, 1]"),
     (["--set", "plan.gpus=[0]"], "plan.gpus must be counts >= 1"),
     (["--set", "plan.train_images=0"], "plan.train_images must be positive"),

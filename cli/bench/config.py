@@ -106,6 +106,7 @@ class SegmentSettings:
     backbones: tuple[str, ...] = ("tokens", "inr", "pixels")  # pixels: the floor, the image under the same head
     inr_layers: tuple[int, ...] | None = None  # None: each encoder's own
     inr_fit_steps: int | None = None  # None: the library's default
+    crop: int | None = None  # training crop of a large-image dataset (ADE20K: 512); None: whole images
     seeds: int = 1  # head seeds per checkpoint
     scratch: bool = False  # also train every architecture from its random initialisation (the control)
     # a frozen backbone's light head learns at 1e-2: at 2e-3 it still predicted background everywhere on INR
@@ -125,7 +126,7 @@ class PlanSettings:
 
     train_images: int | None = None
     test_images: int | None = None
-    segment_size: int = 512  # ADE20K's training crop
+    segment_size: int = 512  # the side of a segmentation image when segment.crop does not give it
     segment_classes: int = 150
     gpus: tuple[int, ...] = (1, 8)
     mfu: float = 0.4

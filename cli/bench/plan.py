@@ -242,9 +242,10 @@ def measure(job: Job, cfg: PretrainConfig, b: Bench, device: torch.device, tmp: 
 
 
 def segment_shape(b: Bench) -> tuple[int, int]:
-    """The segmentation images' side and class count: the bench's scenes (56 px, 11 classes), else the plan's."""
-    p = b.cfg.plan
-    return (56, 11) if b.cfg.segment.dataset is None else (p.segment_size, p.segment_classes)
+    """The segmentation images' side and class count: the bench's scenes (56 px, 11 classes), else the training
+    crop (or the plan's size) and the plan's classes."""
+    p, s = b.cfg.plan, b.cfg.segment
+    return (56, 11) if s.dataset is None else (s.crop or p.segment_size, p.segment_classes)
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------

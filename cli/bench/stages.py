@@ -372,6 +372,7 @@ class Segment(Stage):
                 backbones=s.backbones,
                 inr_layers=s.inr_layers,
                 seeds=s.seeds,
+                crop=s.crop,
                 **fit,
             )
             for regime in self.REGIMES
