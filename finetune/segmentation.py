@@ -170,9 +170,7 @@ def train_segmentor(
         run.start(model, optim, record={**arch, "pretrained": str(source), "seed": seed})
 
         def step_fn(batch, step: int) -> StepResult:
-            data = model.data_preprocessor(_to(batch, device), True)
-            loss, _ = model.parse_losses(model(**data, mode="loss"))
-            return StepResult(loss, len(batch["inputs"]))
+            return StepResult(segmentation_loss(model, batch, device), len(batch["inputs"]))
 
         plan = LoopPlan(
             total=cfg.max_steps,
@@ -192,6 +190,27 @@ def train_segmentor(
             progress=progress,
             description=f"segment {out.parent.name}",
         )
+
+
+def segmentation_loss(model, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
+    """mmseg's summed training losses of a collated batch (`inputs`, `data_samples`)."""
+    data = model.data_preprocessor(_to(batch, device), True)
+    loss, _ = model.parse_losses(model(**data, mode="loss"))
+    return loss
+
+
+def random_batch(n: int, in_chans: int, size: int, classes: int) -> dict[str, Any]:
+    """A collated batch of `n` random images and label maps of side `size` (`minrctl bench --plan` times it)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    inputs, samples = [], []
+    for _ in range(n):
+        inputs.append(torch.randint(0, 256, (in_chans, size, size), dtype=torch.uint8))
+        sample = SegDataSample(metainfo={"img_shape": (size, size), "ori_shape": (size, size)})
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, size, size)))
+        samples.append(sample)
+    return {"inputs": inputs, "data_samples": samples}
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

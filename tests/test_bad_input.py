@@ -297,22 +297,7 @@ def test_cut_metrics_row_and_stale_temporary_file_do_not_stop_a_resume(files, tm
     ]
     r = CliRunner().invoke(main, [*args, "--out", str(run), "--quiet", "--resume", "--set", "train.val_max_images=8"])
     assert r.exit_code == 2 and "different settings: train.max_steps" in r.output  # the budget is part of the run
-    r = CliRunner().invoke(
-        main,
-        [
-            *args[:-4],
-            "--max-steps",
-            "1",
-            "--batch-size",
-            "32",
-            "--out",
-            str(run),
-            "--quiet",
-            "--resume",
-            "--set",
-            "train.val_max_images=8",
-        ],
-    )
+    r = CliRunner().invoke(main, _pretrain(run, files["fm"], "--resume"))  # the run's own settings: it resumes
     assert r.exit_code == 0, r.output
     rows = (run / "metrics.csv").read_text().splitlines()
     assert not orphan.exists() and all(not r.startswith("train,2,") for r in rows)

@@ -170,6 +170,7 @@ def _finetune_step(cfg: PretrainConfig, device: torch.device):
 
     from finetune.classifier import EncoderClassifier
     from minr.build import build_model
+    from minr.loop import apply_gradients
 
     encoder = build_model(cfg)
     model = EncoderClassifier(encoder, 10, kind=encoder.FINETUNE_KIND).to(device).train()
@@ -181,24 +182,22 @@ def _finetune_step(cfg: PretrainConfig, device: torch.device):
 
         def step() -> None:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
+            apply_gradients(model, opt, F.cross_entropy(model(x), y))
 
         return step
 
     return make
 
 
-def _segment_step(cfg: PretrainConfig, seg_cfg, regime: str, feature: str, size: int, classes: int, device, tmp: Path):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
+def _segment_step(cfg: PretrainConfig, seg_cfg, feature: str, size: int, classes: int, device, tmp: Path):
+    """A training step of the real segmentor (built from a random-init checkpoint of the architecture) on random
+    images and labels, through segmentation's own loss and the loop's update."""
+    from finetune.segmentation import build_segmentor, plan_arms, random_batch, segmentation_loss
+    from minr.build import initial_checkpoint
+    from minr.loop import apply_gradients
 
-    from finetune.segmentation import build_segmentor, plan_arms
-    from minr.build import build_model, initial_checkpoint
-
-    encoder = build_model(cfg)
     ckpt = tmp / f"{cfg.model}.safetensors"
-    if not ckpt.is_file():  # the segmentor is built from a checkpoint: the architecture's random initialisation
+    if not ckpt.is_file():
         initial_checkpoint(cfg, ckpt, git_sha="plan")
     one = dataclasses.replace(seg_cfg, ckpts=(str(ckpt),), names=(), groups=(), backbones=(feature,))
     with contextlib.redirect_stdout(None):
@@ -207,19 +206,11 @@ def _segment_step(cfg: PretrainConfig, seg_cfg, regime: str, feature: str, size:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def make(n: int):
-        inputs, samples = [], []
-        for _ in range(n):
-            inputs.append(torch.randint(0, 256, (encoder.in_chans, size, size), dtype=torch.uint8))
-            s = SegDataSample(metainfo={"img_shape": (size, size), "ori_shape": (size, size)})
-            s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, size, size)))
-            samples.append(s)
+        batch = random_batch(n, arm.info.in_chans, size, classes)
 
         def step() -> None:
-            data = model.data_preprocessor({"inputs": [x.to(device) for x in inputs], "data_samples": samples}, True)
-            loss, _ = model.parse_losses(model(**data, mode="loss"))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            apply_gradients(model, opt, segmentation_loss(model, batch, device))
 
         return step
 
@@ -237,7 +228,7 @@ def measure(job: Job, cfg: PretrainConfig, b: Bench, device: torch.device, tmp: 
         _, regime, feature = job.kind.split("/")
         seg = {s.name: s for s in COMPUTE}["segment"].configs(b)[regime]
         size, classes = segment_shape(b)
-        make = _segment_step(cfg, seg, regime, feature, size, classes, device, tmp)
+        make = _segment_step(cfg, seg, feature, size, classes, device, tmp)
     return Cost(*_measure(make, device, job.batch or INFERENCE_BATCH))
 
 
@@ -260,19 +251,22 @@ def make_plan(b: Bench, device: torch.device, say: Callable[[str], None] = lambd
     p = b.cfg.plan
     plan = Plan(b.cfg.name, f"{device} ({hardware().get('cpu')})", p.mfu, tuple(p.gpus))
     costs: dict[tuple[str, str], Cost] = {}
+
+    def key(job: Job) -> tuple[str, str]:  # jobs of one architecture and kind cost the same per image
+        cfg = runs[job.run]
+        return json.dumps([cfg.model, to_dict(cfg)["model_args"]], sort_keys=True), job.kind
+
     with tempfile.TemporaryDirectory() as tmp:
         for job in all_jobs:
             cfg = runs[job.run]
-            key = (json.dumps([cfg.model, to_dict(cfg)["model_args"]], sort_keys=True), job.kind)
-            if key not in costs:
+            if key(job) not in costs:
                 say(f"measuring {cfg.model} {job.kind} on {device}")
                 torch.manual_seed(0)
-                costs[key] = measure(job, cfg, b, device, Path(tmp))
-                plan.costs[f"{cfg.model} {job.kind}"] = dataclasses.asdict(costs[key])
+                costs[key(job)] = measure(job, cfg, b, device, Path(tmp))
+                plan.costs[f"{cfg.model} {job.kind}"] = dataclasses.asdict(costs[key(job)])
     by_stage: dict[str, StagePlan] = {}
     for job in all_jobs:
-        cfg = runs[job.run]
-        cost = costs[(json.dumps([cfg.model, to_dict(cfg)["model_args"]], sort_keys=True), job.kind)]
+        cost = costs[key(job)]
         s = by_stage.setdefault(job.stage, StagePlan(job.stage, 0.0, 0.0, {}, 0))
         s.flops += cost.flops_per_image * job.images
         s.seconds_here += cost.seconds_per_image * job.images
