@@ -22,7 +22,7 @@ from minr.train import pretrain
 from probes.tables import markdown_table
 
 MODELS = ("mae_tiny", "ginr_tiny", "transinr_tiny")  # the cheapest first: a stopped search has whole grids
-LRS = (3e-4, 1e-3, 3e-3)
+LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 WARMUPS = (0.0, 0.05)
 
 

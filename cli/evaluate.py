@@ -180,6 +180,11 @@ def _ints(text: str, option: str) -> tuple[int, ...]:
     "hypernetwork's prediction as it is [default: 30]",
 )
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--compile",
+    is_flag=True,
+    help="torch.compile the model trained (segmentation: its encoder); a resume may turn it on or off.",
+)
 @run_options(resume=True)
 @click.pass_context
 def finetune_cmd(ctx, task, dataset, data_root, max_images, out, resume, quiet, **params) -> None:

@@ -14,18 +14,20 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from finetune.classifier import EncoderClassifier, freeze_all_but_last
 from finetune.configs import FinetuneConfig
 from finetune.report import FinetuneEntry, FinetuneResults, run_name, write_results
 from minr.build import encoder_skeleton, model_from_checkpoint
 from minr.data import check_classification, data_inputs, load_split
-from minr.io import git_sha, locked_dir, output_location
+from minr.errors import MinrError
+from minr.io import git_sha, output_location
 from minr.loop import LoopPlan, StepResult
 from minr.optim import layer_decay_groups
-from minr.run import RunSpec, training_run
-from minr.runtime import hardware, resolve_device
+from minr.parallel import data_parallel, gather_rows, shard
+from minr.run import RunSpec, main_locked, training_run
+from minr.runtime import SINGLE, Dist, distributed_device, hardware
 from probes.stats import minr_vs_mae
 
 CKPT = "finetune.safetensors"
@@ -51,16 +53,20 @@ def _build(cfg: FinetuneConfig, ckpt: str, num_classes: int, device: torch.devic
 
 
 @torch.no_grad()
-def predict(model: EncoderClassifier, data, device: torch.device, batch_size: int = 256) -> np.ndarray:
+def predict(
+    model: EncoderClassifier, data, device: torch.device, batch_size: int = 256, env: Dist = SINGLE
+) -> np.ndarray:
+    """Predicted classes of every image of `data`; under `torchrun` each rank predicts its share."""
     model.eval()
-    out = [model(x.to(device)).argmax(1).cpu() for x, _, _ in DataLoader(data, batch_size=batch_size)]
-    return torch.cat(out).numpy()
+    mine = Subset(data, shard(len(data), env))
+    out = [model(x.to(device)).argmax(1).cpu() for x, _, _ in DataLoader(mine, batch_size=batch_size)]
+    return gather_rows(torch.cat(out) if out else None, env).numpy()
 
 
 def settings(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings that shape every run (not which checkpoints, how many seeds or where it runs)."""
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "names", "groups", "seeds", "device"):
+    for k in ("ckpts", "names", "groups", "seeds", "device", "compile"):  # compile: how, not what, it computes
         d.pop(k)
     return d
 
@@ -71,15 +77,18 @@ def identity(cfg: FinetuneConfig, ckpt: str, seed: int) -> dict[str, Any]:
 
 
 def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume: bool, progress: bool) -> SeedRun:
-    """Fine-tune one checkpoint with one seed; checkpoints in `out`, resumable exactly."""
-    device = resolve_device(cfg.device)
+    """Fine-tune one checkpoint with one seed; checkpoints in `out`, resumable exactly. Under `torchrun`: DDP at
+    the same global batch, rank 0 checkpointing."""
+    device, env = distributed_device(cfg.device)
+    if cfg.batch_size % env.world:
+        raise MinrError(f"--batch-size {cfg.batch_size} must divide among {env.world} processes")
     skeleton, pre_meta = encoder_skeleton(ckpt)
     size = {"image_size": skeleton.image_size, "in_chans": skeleton.in_chans}
     train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))
     num_classes = check_classification(train.source.labels, train.classes, f"{cfg.data.name} (train)")
     fingerprints = {"train": train.fingerprint(), "val": val.fingerprint(), "test": test.fingerprint()}
     spec = RunSpec(out / CKPT, kind="finetune", identity=identity(cfg, ckpt, seed))
-    with training_run(spec, resume=resume, fingerprints=fingerprints) as run:
+    with training_run(spec, resume=resume, fingerprints=fingerprints, lock=env.main) as run:
         torch.manual_seed(seed)
         model = _build(cfg, ckpt, num_classes, device)
         arch = {"model": pre_meta["model"], "model_args": pre_meta["config"]["model_args"], "family": skeleton.family}
@@ -93,12 +102,14 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
             schedule="cosine",
             warmup_fraction=cfg.warmup_fraction,
         )
-        step_fn = classification_step(cfg, model, num_classes, device)
+        if cfg.compile:
+            model.compile()
+        step_fn = classification_step(cfg, data_parallel(model, env), num_classes, device)
         result = run.fit(
-            train, step_fn, plan, device=device, progress=progress, description=f"finetune {out.parent.name}"
+            train, step_fn, plan, device=device, env=env, progress=progress, description=f"finetune {out.parent.name}"
         )
-        pred = predict(model, test, device)
-        val_acc = float((predict(model, val, device) == val.source.labels).mean())
+        pred = predict(model, test, device, env=env)
+        val_acc = float((predict(model, val, device, env=env) == val.source.labels).mean())
     return SeedRun(
         pred, test.source.labels, float((pred == test.source.labels).mean()), val_acc, result.step, result.images_per_s
     )
@@ -117,8 +128,9 @@ def _optimizer(cfg: FinetuneConfig, model: EncoderClassifier) -> torch.optim.Opt
     return torch.optim.AdamW(groups, betas=(0.9, 0.999))
 
 
-def classification_step(cfg: FinetuneConfig, model: EncoderClassifier, num_classes: int, device: torch.device):
-    """The step function: cross-entropy with label smoothing, or soft-target cross-entropy under Mixup/CutMix."""
+def classification_step(cfg: FinetuneConfig, model: torch.nn.Module, num_classes: int, device: torch.device):
+    """The step function of `model` (the classifier or its DDP wrapper): cross-entropy with label smoothing, or
+    soft-target cross-entropy under Mixup/CutMix."""
     mixup = None
     if cfg.mixup or cfg.cutmix:
         mixup = Mixup(
@@ -145,7 +157,7 @@ def run_finetune(
     """Every checkpoint x seed; then accuracy mean ± std and the paired MINR - MAE comparison (seed 0)."""
     inputs = [*cfg.ckpts, *data_inputs(cfg.data)]
     out, t0 = output_location(out_dir, inputs=inputs), time.perf_counter()
-    with locked_dir(out, inputs=inputs):
+    with main_locked(out, distributed_device(cfg.device)[1], inputs=inputs) as main:
         entries, runs, taken = [], {}, set()
         given = dict(zip(cfg.ckpts, cfg.names, strict=False))
         for ckpt in cfg.ckpts:
@@ -186,5 +198,6 @@ def run_finetune(
             hardware=hardware(),
         )
         arrays = {f"{n}|seed{s}": r.predictions for n, rs in runs.items() for s, r in enumerate(rs)}
-        write_results(results, out, {"labels": labels, **arrays})
+        if main:
+            write_results(results, out, {"labels": labels, **arrays})
     return results

@@ -36,6 +36,7 @@ class TrainingSettings:
     drop_path: float = 0.1
     seeds: int = 1
     device: str = "auto"
+    compile: bool = False  # torch.compile the model being trained
 
     def __post_init__(self) -> None:
         if not self.ckpts:

@@ -13,6 +13,9 @@ from typing import Any
 
 from minr.models import EncoderInfo
 
+# Dropout before the heads' classifiers, as mmseg's configs. Under `torchrun` each rank draws its own dropout masks,
+# so a DDP run equals a one-process run in distribution, not value (the ranks' shares are otherwise the same maths).
+HEAD_DROPOUT = 0.1
 NORM = {"type": "BN", "requires_grad": True}  # SyncBN in mmseg's configs; BN runs on one CPU process
 IMAGENET = {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]}
 IGNORE = 255
@@ -113,7 +116,7 @@ def segmentor_config(
         "in_index": [0, 1, 2, 3],
         "pool_scales": (1, 2, 3, 6),
         "channels": head_channels,
-        "dropout_ratio": 0.1,
+        "dropout_ratio": HEAD_DROPOUT,
         "loss_decode": {**ce, "loss_weight": 1.0},
         **_common(num_classes),
     }
@@ -130,7 +133,7 @@ def _fcn(channels, index, head_channels: int, num_classes: int, loss: dict[str, 
         "type": "FCNHead",
         "num_convs": 1,
         "concat_input": False,
-        "dropout_ratio": 0.1,
+        "dropout_ratio": HEAD_DROPOUT,
         "in_channels": channels,
         "in_index": index,
         "channels": head_channels,

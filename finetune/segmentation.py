@@ -21,7 +21,7 @@ import torch
 from mmengine.dataset import pseudo_collate
 from mmseg.evaluation import IoUMetric
 from timm.optim import param_groups_weight_decay
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from finetune import segdata
 from finetune.configs import DENSE_FEATURES, SegConfig
@@ -31,12 +31,13 @@ from finetune.seg_backbone import SEGMENTOR_ENCODER_PREFIX, dense_channels
 from finetune.seg_results import FLOOR_FAMILY, SegEntry, SegResults
 from minr.build import encoder_skeleton
 from minr.errors import MinrError
-from minr.io import git_sha, locked_dir
+from minr.io import git_sha
 from minr.loop import LoopPlan, StepResult
 from minr.optim import layer_decay_groups
+from minr.parallel import data_parallel, gather_items, shard
 from minr.progress import console
-from minr.run import RunSpec, training_run
-from minr.runtime import hardware, resolve_device
+from minr.run import RunSpec, main_locked, training_run
+from minr.runtime import SINGLE, Dist, distributed_device, hardware
 from probes.stats import compare, minr_vs_mae
 
 CKPT = "segmentation.safetensors"
@@ -137,7 +138,7 @@ def build_segmentor(cfg: SegConfig, arm: Arm, num_classes: int) -> torch.nn.Modu
 
 def settings(cfg: SegConfig) -> dict[str, Any]:
     d = dataclasses.asdict(cfg)
-    for k in ("ckpts", "names", "groups", "seeds", "device", "backbones", "inr_layers", "inr_fit_steps"):
+    for k in ("ckpts", "names", "groups", "seeds", "device", "compile", "backbones", "inr_layers", "inr_fit_steps"):
         d.pop(k)
     return d
 
@@ -152,10 +153,19 @@ def _param_groups(model, cfg: SegConfig) -> list[dict]:
 
 
 def train_segmentor(
-    model, dataset, cfg: SegConfig, seed: int, out: Path, device: torch.device, *, resume: bool, progress: bool
+    model,
+    dataset,
+    cfg: SegConfig,
+    seed: int,
+    out: Path,
+    device: torch.device,
+    *,
+    resume: bool,
+    progress: bool,
+    env: Dist = SINGLE,
 ):
     """Train one segmentor through the one loop (schedule -> mmseg losses -> backward -> step -> checkpoint);
-    exactly resumable. Returns the loop's `FitResult`."""
+    exactly resumable; under `torchrun` DDP at the same global batch. Returns the loop's `FitResult`."""
     bb = model.backbone
     source = getattr(bb, "ckpt", None)
     layers, fit = list(getattr(bb, "inr_layers", ())), getattr(bb, "inr_fit_steps", 0)
@@ -165,12 +175,16 @@ def train_segmentor(
         arch = {"model": "pixels", "model_args": {"in_chans": bb.channels}, "family": FLOOR_FAMILY}
     else:
         arch = {"model": bb.model_name, "model_args": bb.model_args, "family": bb.encoder.family}
-    with training_run(RunSpec(out / CKPT, kind="segmentation", identity=ident), resume=resume) as run:
+    spec = RunSpec(out / CKPT, kind="segmentation", identity=ident)
+    with training_run(spec, resume=resume, lock=env.main) as run:
         optim = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
         run.start(model, optim, record={**arch, "pretrained": str(source), "seed": seed})
+        if cfg.compile and hasattr(bb, "encoder"):  # the encoder; mmseg's heads and data samples stay eager
+            bb.encoder.compile()
+        net = data_parallel(model, env, find_unused=True)  # a backbone's feature may leave weights unused
 
         def step_fn(batch, step: int) -> StepResult:
-            return StepResult(segmentation_loss(model, batch, device), len(batch["inputs"]))
+            return StepResult(segmentation_loss(model, batch, device, net), len(batch["inputs"]))
 
         plan = LoopPlan(
             total=cfg.max_steps,
@@ -186,16 +200,18 @@ def train_segmentor(
             step_fn,
             plan,
             device=device,
+            env=env,
             collate_fn=pseudo_collate,
             progress=progress,
             description=f"segment {out.parent.name}",
         )
 
 
-def segmentation_loss(model, batch: dict[str, Any], device: torch.device) -> torch.Tensor:
-    """mmseg's summed training losses of a collated batch (`inputs`, `data_samples`)."""
+def segmentation_loss(model, batch: dict[str, Any], device: torch.device, net=None) -> torch.Tensor:
+    """mmseg's summed training losses of a collated batch (`inputs`, `data_samples`); the forward pass through
+    `net` (the segmentor's DDP wrapper) when given."""
     data = model.data_preprocessor(_to(batch, device), True)
-    loss, _ = model.parse_losses(model(**data, mode="loss"))
+    loss, _ = model.parse_losses((net or model)(**data, mode="loss"))
     return loss
 
 
@@ -230,18 +246,21 @@ def _same_size(batch: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device: torch.device, batch_size: int = 16) -> dict[str, Any]:
+def evaluate(model, dataset, device: torch.device, batch_size: int = 16, env: Dist = SINGLE) -> dict[str, Any]:
     """mmseg's IoUMetric (aAcc, mIoU, mAcc, per-class IoU) plus each image's own mean IoU for paired statistics.
-    Images of any size: each is padded to the encoder's size divisor and its prediction cropped back."""
+    Images of any size: each is padded to the encoder's size divisor and its prediction cropped back. Under
+    `torchrun` each rank predicts its share of the images and every rank scores them all."""
     model.eval()
     metric = IoUMetric(iou_metrics=["mIoU"], prefix="val")
     metric.dataset_meta = dataset.metainfo
     preds = []
-    for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=pseudo_collate):
+    mine = Subset(dataset, shard(len(dataset), env))
+    for batch in DataLoader(mine, batch_size=batch_size, collate_fn=pseudo_collate):
         for group in _same_size(batch):
             outputs = model(**model.data_preprocessor(_to(group, device), False), mode="predict")
             metric.process(group, [o.to_dict() for o in outputs])
             preds += [o.pred_sem_seg.data[0].cpu().numpy() for o in outputs]
+    metric.results, preds = gather_items(metric.results, env), gather_items(preds, env)
     totals = [sum(r[i] for r in metric.results) for i in range(4)]
     iou = IoUMetric.total_area_to_metrics(*totals, metrics=["mIoU"])["IoU"]
     per_image = []
@@ -265,10 +284,11 @@ def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = Fals
     IoU, a PNG of predictions, and per-image IoU compared in pairs (MINR - MAE, encoders - pixels)."""
     from finetune.seg_report import save_prediction_grid, write_results
 
-    out, device, t0 = Path(out_dir), resolve_device(cfg.device), time.perf_counter()
-    info = segdata.resolve(cfg.dataset)
-    arms = plan_arms(cfg)
-    with locked_dir(out):
+    (device, env), t0 = distributed_device(cfg.device), time.perf_counter()
+    if cfg.batch_size % env.world:
+        raise MinrError(f"--batch-size {cfg.batch_size} must divide among {env.world} processes")
+    out, info, arms = Path(out_dir), segdata.resolve(cfg.dataset), plan_arms(cfg)
+    with main_locked(out, env) as main:
         entries, runs, data = [], {}, {}
         for arm in arms:
             c = arm.info.in_chans
@@ -281,11 +301,14 @@ def run_segmentation(cfg: SegConfig, out_dir: str | Path, *, resume: bool = Fals
                 torch.manual_seed(seed)
                 model = build_segmentor(cfg, arm, len(info.classes)).to(device)
                 run_dir = out / re.sub(r"[^A-Za-z0-9_.+-]", "_", arm.name) / f"seed{seed}"
-                fitted = train_segmentor(model, train, cfg, seed, run_dir, device, resume=resume, progress=progress)
-                runs[arm.name].append((fitted, evaluate(model, val, device)))
+                kw = {"resume": resume, "progress": progress, "env": env}
+                fitted = train_segmentor(model, train, cfg, seed, run_dir, device, **kw)
+                runs[arm.name].append((fitted, evaluate(model, val, device, env=env)))
             entries.append(_entry(arm, cfg.regime, runs[arm.name]))
         per_image = {n: rs[0][1]["per_image_IoU"] for n, rs in runs.items()}
         results = _results(cfg, info, arms, entries, per_image, len(val), t0)
+        if not main:
+            return results
         save_prediction_grid(
             val, [(e.name, runs[e.name][0][1]["predictions"]) for e in entries], out / "predictions.png"
         )

@@ -117,6 +117,7 @@ class TrainConfig:
     log: str = "csv"
     on_nonfinite: str = "stop"
     keep_checkpoints: tuple[int, ...] = ()  # steps whose weights are kept as checkpoint-stepNNNNNN.safetensors
+    compile: bool = False  # torch.compile the model (its forward and backward); the same weights' names
 
     def __post_init__(self) -> None:
         _check(self.epochs is None or self.epochs > 0, f"train.epochs must be positive (or null), got {self.epochs}")

@@ -77,17 +77,20 @@ def render_mlp(
     for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
         shape = x.shape[:-1]
         if w.dim() == 2:  # shared weight: one matmul over every (image, point)
-            y = _MatMul.apply(x.reshape(-1, x.shape[-1]), w)  # (rows, O)
+            a = x.reshape(-1, x.shape[-1])  # (rows, I)
         else:  # per-image weight: (B, Q, I) @ (B, I, O)
-            y = _MatMul.apply(x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x, w)
-            shape = y.shape[:-1]
-        # Bias and ReLU in place on the product (never on a view of it): at 182 px the activations are
-        # 4 x 33,124 x 256 per layer, and a fresh buffer for each (addmm's broadcast bias, an out-of-place ReLU)
-        # cost a fifth of a training step. Autograd allows it: the product's backward needs its inputs only,
-        # ReLU's backward needs only its output.
-        y = y.add_(b)
-        if layer < last:
-            y = y.relu_()
+            a = x.expand(w.shape[0], *x.shape[-2:]) if x.dim() == 2 else x
+            shape = a.shape[:-1]
+        if torch.compiler.is_compiling():  # `train.compile`: inductor fuses bias and ReLU into one pass itself
+            y = a @ w + b
+            y = y.relu() if layer < last else y
+        else:
+            # Bias and ReLU in place on the product (never on a view of it): at 182 px the activations are
+            # 4 x 33,124 x 256 per layer, and a fresh buffer for each (addmm's broadcast bias, an out-of-place
+            # ReLU) cost a fifth of a training step. Autograd allows it: the product's backward needs its inputs
+            # only, ReLU's backward needs only its output.
+            y = _MatMul.apply(a, w).add_(b)
+            y = y.relu_() if layer < last else y
         x = y.view(*shape, w.shape[-1])
         if hidden_layers is not None and layer in hidden_layers:
             hidden.append(x if x.dim() == 3 else x.expand(batch, *x.shape))

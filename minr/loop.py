@@ -23,9 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from minr.checkpoint import save_checkpoint
 from minr.errors import MinrError
 from minr.progress import TrainProgress
-from minr.runtime import Dist, autocast, barrier, epoch_batches, mean_over_ranks, seed_step
-
-SINGLE = Dist()  # one process
+from minr.runtime import SINGLE, Dist, autocast, barrier, epoch_batches, mean_over_ranks, seed_step
 
 
 def lr_factor(step: int, total: int, *, schedule: str, warmup_fraction: float = 0.0, decay_at: float = 0.8) -> float:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 # The one console every command prints on. Soft wrap: a long message line (a path) is left whole for the terminal to
-# wrap, never cut by rich at its own idea of the width (80 columns when piped).
-console = Console(soft_wrap=True)
+# wrap, never cut by rich at its own idea of the width (80 columns when piped). Under `torchrun` only rank 0 prints.
+console = Console(soft_wrap=True, quiet=os.environ.get("RANK", "0") != "0")
 
 
 def make_progress(enabled: bool = True) -> Progress:

@@ -26,6 +26,7 @@ from minr.data import check_same_data
 from minr.errors import MinrError
 from minr.io import git_sha, locked_dir
 from minr.loop import FitResult, LoopPlan, StepResult, fit
+from minr.runtime import Dist, barrier
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,25 @@ def training_run(
     out = spec.path.parent
     with locked_dir(out) if lock else contextlib.nullcontext(out.mkdir(parents=True, exist_ok=True)):
         yield Run(spec, spec.open(resume=resume, fingerprints=fingerprints), fingerprints)
+
+
+@contextlib.contextmanager
+def main_locked(path: str | Path, env: Dist, what: str = "--out", **kw: Any) -> Iterator[bool]:
+    """A command's output folder under `torchrun`: rank 0 creates and locks it (`locked_dir`, with its checks),
+    the other ranks wait for that and only read from it; yields whether this rank writes."""
+    if env.world == 1:
+        with locked_dir(path, what, **kw):
+            yield True
+        return
+    if env.main:
+        with locked_dir(path, what, **kw):
+            barrier(env)
+            yield True
+            barrier(env)
+    else:
+        barrier(env)
+        yield False
+        barrier(env)
 
 
 def open_run(

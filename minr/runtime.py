@@ -75,6 +75,9 @@ class Dist:
         return self.rank == 0
 
 
+SINGLE = Dist()  # one process
+
+
 def init_distributed(device: torch.device) -> Dist:
     """Join the process group that `torchrun` describes in the environment (gloo on CPU, NCCL on GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -96,6 +99,24 @@ def mean_over_ranks(x: torch.Tensor, env: Dist) -> float:
 def barrier(env: Dist) -> None:
     if env.world > 1:
         dist.barrier()
+
+
+def current() -> Dist:
+    """This process's place in the process group already joined (world 1 when none is)."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist()
+
+
+def distributed_device(name: str) -> tuple[torch.device, Dist]:
+    """The device of `--device NAME` for this process and the process group joined: under `torchrun` each
+    process takes its own GPU (LOCAL_RANK)."""
+    device = resolve_device(name)
+    env = init_distributed(device)
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    return device, env
 
 
 # -- measurement ----------------------------------------------------------------------------------------------

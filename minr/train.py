@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from minr import masking
@@ -25,12 +24,16 @@ from minr.io import atomic_write_text, output_location, write_json
 from minr.loop import FitResult, LoopPlan, StepResult
 from minr.metrics import PROTOCOLS, mean_defined, psnr_from_mse, psnr_protocols
 from minr.optim import build_optimizer
+from minr.parallel import data_parallel
 from minr.run import Run, RunSpec, training_run
-from minr.runtime import autocast, init_distributed, keyed_generator, peak_memory_mb, resolve_device
+from minr.runtime import autocast, distributed_device, keyed_generator, peak_memory_mb, resolve_device
 
 CKPT_NAME = "checkpoint.safetensors"
 # Keys that may differ when resuming: they change where or how verbosely a run goes, not what it computes.
-RESUMABLE_KEYS = frozenset({"train.device", "data.workers", "train.log", "data.root", "train.on_nonfinite"})
+# How a run executes, not what it computes: a resume may change them.
+RESUMABLE_KEYS = frozenset(
+    {"train.device", "data.workers", "train.log", "data.root", "train.on_nonfinite", "train.compile"}
+)
 
 
 @torch.no_grad()
@@ -200,11 +203,7 @@ def pretrain(
     cfg: PretrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Pretrain `cfg.model` and write checkpoint, metrics.csv, config.yaml and summary.json into `out_dir`."""
-    device = resolve_device(cfg.train.device)
-    env = init_distributed(device)
-    if device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
+    device, env = distributed_device(cfg.train.device)
     if cfg.train.batch_size % env.world:
         raise MinrError(f"train.batch_size {cfg.train.batch_size} must divide among {env.world} processes")
     out = output_location(out_dir, inputs=data_inputs(cfg.data))
@@ -247,7 +246,9 @@ def _train(
             cells = {k: v if isinstance(v, int) else f"{v:.4f}" for k, v in val_metrics.items()}
             log.write({"kind": "val", "step": step, "epoch": epoch, **cells})
 
-    net = DistributedDataParallel(model) if env.world > 1 else model
+    if cfg.train.compile:
+        model.compile()  # in place: the module and its state dict keep their names
+    net = data_parallel(model, env)
     try:
         result = run.fit(
             data,

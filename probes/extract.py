@@ -30,8 +30,9 @@ from minr.build import model_from_checkpoint
 from minr.config import DataConfig, MaskConfig
 from minr.data import ImageDataset, data_inputs, load_split
 from minr.io import output_location, publish, tmp_path, writing
+from minr.parallel import broadcast, gather_rows, shard
 from minr.progress import make_progress
-from minr.runtime import resolve_device
+from minr.runtime import SINGLE, Dist, barrier, distributed_device
 from probes.features import PIXELS, EncoderRef, PixelFeatures, encoder_ref
 
 CACHE_VERSION = 2
@@ -153,8 +154,10 @@ def extract_kinds(
     cache_dir = output_location(
         default_cache_dir() if cache_dir is None else cache_dir, what="--cache-dir", inputs=data_inputs(spec.data)
     )
-    with writing(cache_dir):
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    device, env = distributed_device(spec.device)
+    if env.main:
+        with writing(cache_dir):
+            cache_dir.mkdir(parents=True, exist_ok=True)
     mask = mask_spec(spec, ref)
     fingerprint = data.fingerprint()
     keys = {k: FeatureKey(ref.weights_sha256, fingerprint, spec.split, k, layer, mask) for k in kinds}
@@ -167,29 +170,32 @@ def extract_kinds(
             found[kind] = FeatureSet(hit["features"], hit["labels"], key, cached=True)
         elif final.exists():
             log(f"features: {final.name} is stale or unreadable; recomputing")
-    todo = {kind: keys[kind] for kind in kinds if kind not in found}
+    todo = {kind: keys[kind] for kind in broadcast([k for k in kinds if k not in found], env)}
     if todo:
-        device = resolve_device(spec.device)
         source = (
             PixelFeatures(ref) if ref.family == PIXELS else model_from_checkpoint(spec.ckpt, map_location=device)[0]
         )
-        computed, ips = _extract_chunks(spec, source, ref, data, todo, cache_dir, chunk_size, device, progress)
+        computed, ips = _extract_chunks(spec, source, ref, data, todo, cache_dir, chunk_size, device, env, progress)
         for kind, got in computed.items():
-            _write(cache_dir / f"{todo[kind].digest()}.safetensors", got, todo[kind])
-            shutil.rmtree(cache_dir / f"{todo[kind].digest()}.partial", ignore_errors=True)
+            if env.main:
+                _write(cache_dir / f"{todo[kind].digest()}.safetensors", got, todo[kind])
+                shutil.rmtree(cache_dir / f"{todo[kind].digest()}.partial", ignore_errors=True)
             found[kind] = FeatureSet(got["features"], got["labels"], todo[kind], cached=False, images_per_s=ips)
+        barrier(env)
     return [found[kind] for kind in kinds]
 
 
 @torch.inference_mode()
 def _extract_chunks(
-    spec, source, ref, data: ImageDataset, keys: dict[str, FeatureKey], cache_dir, chunk_size, device, progress
+    spec, source, ref, data: ImageDataset, keys: dict[str, FeatureKey], cache_dir, chunk_size, device, env, progress
 ):
-    """Chunk by chunk, every kind in `keys` at once; finished chunks are kept, so an interrupted run resumes."""
+    """Chunk by chunk, every kind in `keys` at once; finished chunks are kept, so an interrupted run resumes.
+    Under `torchrun` each rank computes its share of a chunk, every rank gets the whole, rank 0 writes it (the
+    cache folder is shared by the ranks: one node, or a shared filesystem)."""
     parts: dict[str, list[dict[str, torch.Tensor]]] = {kind: [] for kind in keys}
     mask = next(iter(keys.values())).mask  # the same mask settings for every kind
     seen, busy = 0, 0.0
-    bar = make_progress(progress)
+    bar = make_progress(progress and env.main)
     with bar:
         name = f"extract {Path(spec.ckpt).parent.name or spec.ckpt}:{','.join(keys)}"
         task = bar.add_task(name, total=len(data), info="")
@@ -199,17 +205,19 @@ def _extract_chunks(
                 k: dataclasses.replace(key, dtype=f"{key.dtype}/chunk{c}of{chunk_size}") for k, key in keys.items()
             }
             got = {k: _read(paths[k], chunk_keys[k]) if paths[k].exists() else None for k in keys}
-            missing = [k for k, v in got.items() if v is None]
+            missing = broadcast([k for k, v in got.items() if v is None], env)
             idx = range(c * chunk_size, min(len(data), (c + 1) * chunk_size))
             if missing:
                 t0 = time.perf_counter()
-                fresh = _run_chunk(spec, source, ref, torch.utils.data.Subset(data, idx), missing, device, mask)
+                mine = torch.utils.data.Subset(data, [idx[i] for i in shard(len(idx), env)])
+                fresh = _run_chunk(spec, source, ref, mine, missing, device, mask, env)
                 busy += time.perf_counter() - t0
                 seen += len(idx)
                 for k in missing:
-                    with writing(paths[k].parent):
-                        paths[k].parent.mkdir(exist_ok=True)
-                    _write(paths[k], fresh[k], chunk_keys[k])
+                    if env.main:
+                        with writing(paths[k].parent):
+                            paths[k].parent.mkdir(exist_ok=True)
+                        _write(paths[k], fresh[k], chunk_keys[k])
                     got[k] = fresh[k]
             for k in keys:
                 parts[k].append(got[k])
@@ -221,7 +229,8 @@ def _extract_chunks(
     return merged, (seen / busy if busy else None)
 
 
-def _run_chunk(spec, source, ref: EncoderRef, subset, kinds, device, mask: MaskSpec | None):
+def _run_chunk(spec, source, ref: EncoderRef, subset, kinds, device, mask: MaskSpec | None, env: Dist = SINGLE):
+    """Features of every kind of `subset` (this rank's share), gathered from every rank in the chunk's order."""
     feats: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
     labels = []
     for images, y, idx in DataLoader(subset, batch_size=spec.batch_size):
@@ -234,5 +243,5 @@ def _run_chunk(spec, source, ref: EncoderRef, subset, kinds, device, mask: MaskS
         for k in kinds:
             feats[k].append(out[k].float().cpu())
         labels.append(y)
-    y = torch.cat(labels)
-    return {k: {"features": torch.cat(v), "labels": y} for k, v in feats.items()}
+    y = gather_rows(torch.cat(labels) if labels else None, env)
+    return {k: {"features": gather_rows(torch.cat(v) if v else None, env), "labels": y} for k, v in feats.items()}

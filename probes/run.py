@@ -15,8 +15,9 @@ import torch
 from minr.config import DataConfig
 from minr.data import check_classification, data_inputs, load_split
 from minr.errors import MinrError
-from minr.io import git_sha, locked_dir
-from minr.runtime import hardware
+from minr.io import git_sha
+from minr.run import main_locked
+from minr.runtime import distributed_device, hardware
 from probes import memo
 from probes.extract import ExtractSpec, FeatureSet, default_cache_dir, extract_kinds
 from probes.features import PIXELS, EncoderRef, encoder_ref, known_kinds
@@ -214,7 +215,8 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
     sources = refs(cfg)  # every checkpoint checked (from its header) before anything is written
     train = load_split(cfg.data, "train", image_size=sources[0].image_size, in_chans=sources[0].in_chans)
     num_classes = check_classification(train.source.labels, train.classes, f"{cfg.data.name} (train)")
-    with locked_dir(out_dir, inputs=[*cfg.ckpts, *data_inputs(cfg.data)]):
+    env = distributed_device(cfg.device)[1]  # under torchrun: extraction is sharded, heads fit on every rank
+    with main_locked(out_dir, env, inputs=[*cfg.ckpts, *data_inputs(cfg.data)]) as main:
         feats = collect(cfg, sources, progress, log)
         entries, predictions, predictors = [], {}, {}
         for f in feats:
@@ -247,7 +249,8 @@ def run_probe(cfg: ProbeConfig, out_dir: str | Path, *, progress: bool = True, l
             hardware=hardware(),
             best=best_entries(entries),
         )
-        write_reports(results, predictions, labels, Path(out_dir))
+        if main:
+            write_reports(results, predictions, labels, Path(out_dir))
     return results
 
 

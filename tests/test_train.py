@@ -14,7 +14,7 @@ from minr.errors import MinrError
 from minr.loop import lr_factor
 from minr.runtime import epoch_batches
 from minr.train import pretrain
-from tests.conftest import ROOT
+from tests.conftest import ROOT, killed_after_first_checkpoint
 
 
 def test_lr_schedules():
@@ -221,3 +221,23 @@ def test_masks_are_drawn_anew_each_epoch_and_the_first_epoch_keeps_its_own():
     assert not torch.equal(seen[2], first) and not torch.equal(seen[3], seen[2])  # epochs 1 and 2: new masks
     assert torch.equal(seen[4], seen[2])  # the same epoch again: the same masks
     assert all(int(m.sum()) == int(first.sum()) for m in seen)  # every draw masks the same share
+
+
+@pytest.mark.slow
+def test_compiled_steps_give_the_eager_losses_and_resume_an_eager_run(fashion_small, tmp_path, monkeypatch):
+    """`train.compile` (torch.compile, CPU inductor): a run stopped after 2 eager steps and resumed compiled takes
+    the steps an all-eager run takes (losses to 1e-4; TransINR has no dropout, whose random streams differ once
+    compiled), and its checkpoint keeps the eager weights' names."""
+    over = {"data.root": str(fashion_small), "train.batch_size": 32, "train.val_max_images": 32}
+    over |= {"train.ckpt_every": 2, "train.max_steps": 4}
+    pretrain(default_config("transinr_tiny", over), tmp_path / "eager", progress=False)
+    with killed_after_first_checkpoint(monkeypatch):
+        pretrain(default_config("transinr_tiny", over), tmp_path / "b", progress=False)
+    resumed = pretrain(default_config("transinr_tiny", {**over, "train.compile": True}), tmp_path / "b", resume=True)
+    assert resumed["steps"] == 4
+    eager, mixed = (_losses(tmp_path / d / "metrics.csv") for d in ("eager", "b"))
+    assert len(eager) == len(mixed) == 4 and mixed == pytest.approx(eager, rel=1e-4)
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors").model_state for d in ("eager", "b"))
+    assert list(a) == list(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)

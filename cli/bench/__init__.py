@@ -83,7 +83,10 @@ def _plan(cfg, out: Path, quiet: bool) -> None:
 @click.option("--models", default=None, help="Comma-separated presets (default: the tiny and paper ones).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--readme", type=click.Path(dir_okay=False), default=None, help="Refresh this README's speed table.")
-def bench_speed_cmd(out, quick, models, device, readme) -> None:
+@click.option(
+    "--compile", "compiled", is_flag=True, help="Also time torch.compile'd training steps, interleaved with eager ones."
+)
+def bench_speed_cmd(out, quick, models, device, readme, compiled) -> None:
     """Training, extraction, rendering and probe speed against the machine's matmul ceiling (JSON + Markdown)."""
     from cli.bench.probe_timing import measure_probes
     from cli.bench.speed import markdown, run_speed, update_readme, write_report
@@ -95,7 +98,7 @@ def bench_speed_cmd(out, quick, models, device, readme) -> None:
     unknown = [m for m in names if m not in list_models()]
     if unknown:
         raise MinrError(f"unknown model {unknown[0]!r}; choose from {', '.join(list_models())}")
-    report = run_speed(quick=quick, device=resolve_device(device), models=names or None)
+    report = run_speed(quick=quick, device=resolve_device(device), models=names or None, compiled=compiled)
     report.probes = measure_probes(6000, 1000) if quick else measure_probes(60000, 10000)
     write_report(report, Path(out))
     if readme:

@@ -1,7 +1,7 @@
 """The bench's configuration: frozen dataclasses read from a preset YAML shipped with the package and changed with
 dotted `--set` overrides (`--set pretrain.steps=200`). Each section holds what a user sets for one stage; the
-stages (`cli/bench/stages.py`) turn a section into the library configs they run, and `stages.validate` builds them
-all when the preset is read, so a bad value is refused before anything runs."""
+stages (`cli/bench/stages.py`) turn a section into the library configs they run, and `stages.validate` builds
+them all when the preset is read, so a bad value is refused before anything runs."""
 
 from __future__ import annotations
 

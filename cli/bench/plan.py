@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 
 from cli.bench.runs import Bench
-from cli.bench.stages import COMPUTE, Job, selected
+from cli.bench.stage import Job
+from cli.bench.stages import COMPUTE, selected
 from minr.config import PretrainConfig, to_dict
 
 INFERENCE_BATCH = 64  # extraction and reconstruction batches, as timed here

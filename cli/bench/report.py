@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cli.bench.results import BenchResults, gather
 from cli.bench.runs import Bench
-from cli.bench.stages import COMPUTE, PretrainRun, Stage, selected, stage_key
+from cli.bench.stage import Stage
+from cli.bench.stages import COMPUTE, PretrainRun, selected, stage_key
 from cli.bench.verdict import (
     at_headline,
     chosen_entries,
@@ -307,6 +308,7 @@ def write_report(b: Bench, res: BenchResults) -> None:
 
 class Report(Stage):
     name, does = "report", "report.md, report.html and results.json"
+    parallel = False
 
     def inputs(self, b: Bench) -> dict:
         return {s.name: stage_key(b.out, s.name) for s in COMPUTE if s.name in selected(b.cfg)}

@@ -23,9 +23,13 @@ from typing import Any
 from cli.bench.config import BenchConfig, load_preset
 from cli.bench.report import Report
 from cli.bench.runs import Bench
-from cli.bench.stages import COMPUTE, Stage, selected, stage_key
+from cli.bench.stage import Stage
+from cli.bench.stages import COMPUTE, selected, stage_key
 from minr.errors import MinrError
-from minr.io import locked_dir, read_json, write_json
+from minr.io import read_json, write_json
+from minr.parallel import broadcast
+from minr.run import main_locked
+from minr.runtime import Dist, barrier, distributed_device
 
 STAGES: tuple[Stage, ...] = (*COMPUTE, Report())
 BY_NAME = {s.name: s for s in STAGES}
@@ -140,9 +144,13 @@ def run_bench(
     say = say or (lambda m: console.print(m, highlight=False))
     bench = Bench(cfg, out, quiet=quiet)
     stages = [BY_NAME[n] for n in selected(cfg)]
-    with locked_dir(out, "--out"):
-        check_out(out, cfg, force)  # again, under the lock
-        write_json(out / RECORD, {"config": dataclasses.asdict(cfg)})
+    env = distributed_device("auto")[1]  # under torchrun every rank runs each stage; rank 0 keeps the records
+    if not env.main:
+        say = lambda m: None  # noqa: E731
+    with main_locked(out, env, "--out") as main:
+        if main:
+            check_out(out, cfg, force)  # again, under the lock
+            write_json(out / RECORD, {"config": dataclasses.asdict(cfg)})
         t_start, done_expected, done_actual = time.perf_counter(), 0.0, 0.0
         for i, stage in enumerate(stages, 1):
             key = _digest(stage.inputs(bench))
@@ -151,26 +159,34 @@ def run_bench(
             eta = f", about {_fmt(left)} left" if left else ""
             elapsed = _fmt(time.perf_counter() - t_start)
             head = f"stage {i}/{len(stages)} {stage.name}: {stage.does} (elapsed {elapsed}{eta})"
-            if stage_key(out, stage.name) == key:
+            if broadcast(stage_key(out, stage.name) == key, env):
                 say(f"{head} - done before with the same inputs, skipped")
                 continue
-            seconds, continued = _run_stage(stage, bench, key, head, say, quiet)
+            seconds, continued = _run_stage(stage, bench, key, head, say, quiet, env)
             if not continued:  # only whole stages tell how fast this machine runs the preset
                 done_actual += seconds
                 done_expected += estimate(cfg, stage) or seconds
     return out
 
 
-def _run_stage(stage: Stage, bench: Bench, key: str, head: str, say, quiet: bool) -> tuple[float, bool]:
-    """Run one stage into its folder and record it; returns (seconds, whether it continued a stopped run)."""
+def _run_stage(stage: Stage, bench: Bench, key: str, head: str, say, quiet: bool, env: Dist) -> tuple[float, bool]:
+    """Run one stage into its folder and record it; returns (seconds, whether it continued a stopped run). Under
+    `torchrun` rank 0 prepares and records the folder, and every rank runs the stage (the report: rank 0)."""
     folder = bench.out / stage.name
-    continued = _clear_stage(folder, key)  # a stopped run of this stage, continued: part of it is done
+    continued = False
+    if env.main:
+        continued = _clear_stage(folder, key)  # a stopped run of this stage, continued: part of it is done
+        write_json(folder / STARTED, {"key": key})
+    continued = broadcast(continued, env)
     say(head + (" - continuing" if continued else ""))
-    write_json(folder / STARTED, {"key": key})
     t0 = time.perf_counter()
-    stage.run(bench, progress=not quiet)
+    if env.main or stage.parallel:
+        stage.run(bench, progress=not quiet)
+    barrier(env)
     seconds = time.perf_counter() - t0
-    done_key = _digest(stage.inputs(bench)) if stage is BY_NAME["report"] else key
-    write_json(folder / "stage.json", {"key": done_key, "seconds": seconds, "continued": continued})
+    if env.main:
+        done_key = _digest(stage.inputs(bench)) if stage is BY_NAME["report"] else key
+        write_json(folder / "stage.json", {"key": done_key, "seconds": seconds, "continued": continued})
+    barrier(env)
     say(f"  {stage.name} done in {_fmt(seconds)}" + (" (this session's part)" if continued else ""))
     return seconds, continued

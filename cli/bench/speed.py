@@ -44,6 +44,8 @@ class TrainSpeed:
     ceiling_ratio: float
     peak_mb: float
     rise_mb: float  # the peak above the resident set before the measurement
+    compiled: bool = False  # torch.compile'd (`train.compile`); its first step, compiling, is `warmup_s`
+    warmup_s: float | None = None
 
 
 @dataclass
@@ -148,6 +150,22 @@ def train_step_fn(
     return step
 
 
+def timed_together(fns: dict[Any, Callable[[], None]], device: torch.device, steps: int) -> dict[Any, float]:
+    """Median seconds of each function's `steps` calls, the calls interleaved (a, b, a, b, ...) so that a drift
+    of the machine's speed falls on every function alike; each is warmed up first (compiled, if it compiles)."""
+    for fn in fns.values():
+        fn()
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(steps):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def timed(fn: Callable[[], None], device: torch.device, steps: int) -> float:
     """Median seconds of `steps` calls after one warm-up call."""
     fn()
@@ -177,22 +195,38 @@ def measure_training(
     steps: int,
     budget_s: float,
     autocast: bool = False,
+    compiled: bool = False,
 ) -> list[TrainSpeed]:
-    """Step speed at each batch size, skipping sizes whose estimated step exceeds `budget_s`."""
+    """Step speed at each batch size, skipping sizes whose estimated step exceeds `budget_s`. With `compiled`, a
+    torch.compile'd copy of the model (the same weights) is timed beside the eager one, their steps interleaved."""
     model, patch = preset_model(name, device)
     model.train()
     flops = flops_per_image(model, patch, device)
+    models = {False: model}
+    if compiled:
+        models[True] = preset_model(name, device)[0]
+        models[True].train()
+        models[True].compile()
     out, per_image = [], None
     for b in batches:
-        if per_image is not None and per_image * b * (steps + 1) > budget_s:
+        if per_image is not None and per_image * b * (steps + 1) * len(models) > budget_s:
             break
-        with PeakMemory(device) as mem:
-            step_s = timed(train_step_fn(model, patch, b, device, autocast=autocast), device, steps)
-        per_image = step_s / b
-        gflops = flops * b / step_s / 1e9
-        out.append(
-            TrainSpeed(name, b, step_s, b / step_s, flops / 1e9, gflops, gflops / ceiling, mem.peak_mb, mem.rise_mb)
-        )
+        fns, peaks, warm = {}, {}, {}
+        for c, m in models.items():  # memory and the first (compiling) step of each, alone
+            fns[c] = train_step_fn(m, patch, b, device, autocast=autocast)
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                fns[c]()
+                sync(device)
+                warm[c] = time.perf_counter() - t0
+            peaks[c] = mem
+        step_s = timed_together(fns, device, steps)
+        per_image = step_s[False] / b
+        for c in models:
+            gflops = flops * b / step_s[c] / 1e9
+            mem = peaks[c]
+            row = (name, b, step_s[c], b / step_s[c], flops / 1e9, gflops, gflops / ceiling, mem.peak_mb, mem.rise_mb)
+            out.append(TrainSpeed(*row, compiled=c, warmup_s=warm[c]))
     return out
 
 
@@ -222,7 +256,9 @@ def measure_extract(name: str, device: torch.device, batch: int = 256, steps: in
     return {"model": name, "batch": batch, "images_per_s": batch / seconds}
 
 
-def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | None = None) -> SpeedReport:
+def run_speed(
+    *, quick: bool, device: torch.device, models: tuple[str, ...] | None = None, compiled: bool = False
+) -> SpeedReport:
     from minr.runtime import hardware
 
     ceiling = matmul_ceiling(device, n=1024 if quick else 2048)
@@ -239,6 +275,7 @@ def run_speed(*, quick: bool, device: torch.device, models: tuple[str, ...] | No
             steps=1 if quick else 3,
             budget_s=30 if quick else 150,
             autocast=device.type == "cuda",
+            compiled=compiled,
         )
         report.extract.append(measure_extract(name, device, batch=8 if quick or paper else 256))
         if not name.startswith("mae"):
@@ -252,7 +289,7 @@ def markdown(report: SpeedReport) -> str:
     hw = report.hardware
     rows = [
         [
-            t.model,
+            t.model + (" (compiled)" if t.compiled else ""),
             t.batch,
             f"{t.step_s:.3f}",
             f"{t.images_per_s:,.2f}" if t.images_per_s < 10 else f"{t.images_per_s:,.1f}",

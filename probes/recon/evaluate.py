@@ -23,8 +23,9 @@ from minr.config import MASK_KINDS, DataConfig, MaskConfig
 from minr.data import dataset_sources, load_split
 from minr.errors import MinrError
 from minr.metrics import PROTOCOLS, psnr_protocols
+from minr.parallel import gather_rows, shard
 from minr.progress import make_progress
-from minr.runtime import resolve_device
+from minr.runtime import SINGLE, Dist, distributed_device
 from probes.recon.floors import FLOORS, floor_reconstruction
 from probes.stats import Paired, bootstrap_mean
 
@@ -216,7 +217,11 @@ def _score(name: str, got: Collected, dataset: str, kind: str, ratio: float, psn
 
 
 @torch.inference_mode()
-def evaluate_checkpoint(cfg: ReconConfig, ckpt: str, name: str, got: Collected, device: torch.device, bar) -> None:
+def evaluate_checkpoint(
+    cfg: ReconConfig, ckpt: str, name: str, got: Collected, device: torch.device, bar, env: Dist = SINGLE
+) -> None:
+    """Every condition's per-image PSNR of one checkpoint; under `torchrun` each rank reconstructs its share of
+    the images and every rank gets them all."""
     model, pcfg, _ = model_from_checkpoint(ckpt, map_location=device)
     info, patch = model.info(), pcfg.mask.patch
     cells, adaptations, seen, busy = [], {}, 0, 0.0
@@ -227,16 +232,19 @@ def evaluate_checkpoint(cfg: ReconConfig, ckpt: str, name: str, got: Collected, 
             for ratio in cfg.mask_ratios:
                 masks = masks_for(cfg, dataset, kind, ratio, patch, info.image_size, len(images))
                 psnr: dict[str, list[torch.Tensor]] = {p: [] for p in PROTOCOLS}
+                mine = torch.tensor(shard(len(images), env), dtype=torch.long)  # this rank's images
                 t0 = time.perf_counter()
-                for s in range(0, len(images), cfg.batch_size):
-                    x, m = images[s : s + cfg.batch_size].to(device), masks[s : s + cfg.batch_size].to(device)
+                for s in range(0, len(mine), cfg.batch_size):
+                    i = mine[s : s + cfg.batch_size]
+                    x, m = images[i].to(device), masks[i].to(device)
                     recon = model.reconstruct(x, m, patch)
                     for p, v in psnr_protocols(recon, x, masking.to_pixels(m, patch, info.image_size)).items():
                         psnr[p].append(v.cpu())
                 busy += time.perf_counter() - t0
                 seen += len(images)
                 bar.update(bar.task_ids[0], advance=len(images), info=f"{name} {seen / busy:.0f} img/s")
-                cells += _score(name, got, dataset, kind, ratio, {p: torch.cat(v).numpy() for p, v in psnr.items()})
+                whole = {p: gather_rows(torch.cat(v) if v else None, env).numpy() for p, v in psnr.items()}
+                cells += _score(name, got, dataset, kind, ratio, whole)
     got.entries.append(
         ReconEntry(
             name=name,
@@ -284,16 +292,16 @@ def evaluate_floors(cfg: ReconConfig, got: Collected, bar) -> None:
 
 def run_conditions(cfg: ReconConfig, names: list[str], progress: bool) -> Collected:
     """Measure every checkpoint and floor in every condition."""
-    device, got = resolve_device(cfg.device), Collected()
+    (device, env), got = distributed_device(cfg.device), Collected()
     got.native = {d: native_shape(cfg, d) for d in cfg.datasets}
     conditions = len(cfg.mask_kinds) * len(cfg.mask_ratios)
     per_dataset = {d: len(dataset_sources(_data_config(cfg, d))[cfg.split]) for d in cfg.datasets}
     total = conditions * sum(min(n, cfg.max_images or n) for n in per_dataset.values()) * (len(names) + 3 * cfg.floors)
-    bar = make_progress(progress)
+    bar = make_progress(progress and env.main)
     with bar:
         bar.add_task("reconstruct", total=total, info="")
         for ckpt, name in zip(cfg.ckpts, names, strict=True):
-            evaluate_checkpoint(cfg, ckpt, name, got, device, bar)
+            evaluate_checkpoint(cfg, ckpt, name, got, device, bar, env)
         if cfg.floors:
             evaluate_floors(cfg, got, bar)
     return got

@@ -19,9 +19,10 @@ import numpy as np
 from minr.build import encoder_skeleton
 from minr.config import DataConfig
 from minr.data import data_inputs
-from minr.io import atomic_write_bytes, atomic_write_text, git_sha, locked_dir, output_location, write_json
+from minr.io import atomic_write_bytes, atomic_write_text, git_sha, output_location, write_json
 from minr.metrics import PROTOCOLS
-from minr.runtime import hardware
+from minr.run import main_locked
+from minr.runtime import distributed_device, hardware
 from probes.recon import analysis
 from probes.recon.evaluate import (
     Collected,
@@ -208,8 +209,9 @@ def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = T
     check_render_size(cfg.scale, first.image_size, first.in_chans, cfg.grid_images * (len(cfg.ckpts) + 3))
     inputs = [*cfg.ckpts, *(p for d in cfg.datasets for p in data_inputs(DataConfig(name=d)))]
     out, t0 = output_location(out_dir, inputs=inputs), time.perf_counter()
-    with locked_dir(out, inputs=inputs):
-        (out / "results.json").unlink(missing_ok=True)  # what is there no longer describes this run
+    with main_locked(out, distributed_device(cfg.device)[1], inputs=inputs) as main:
+        if main:
+            (out / "results.json").unlink(missing_ok=True)  # what is there no longer describes this run
         got: Collected = run_conditions(cfg, names, progress)
         results = ReconResults(
             config=dataclasses.asdict(cfg),
@@ -223,6 +225,8 @@ def run_reconstruct(cfg: ReconConfig, out_dir: str | Path, *, progress: bool = T
             git_sha=git_sha(),
             hardware=hardware(),
         )
+        if not main:
+            return results
         buf = io.BytesIO()
         np.savez_compressed(buf, **got.arrays)
         atomic_write_bytes(out / "per_image.npz", buf.getvalue())

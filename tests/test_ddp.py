@@ -1,0 +1,186 @@
+"""Every training and evaluation stage under `torchrun` (2 gloo processes on CPU) gives what one process gives: the
+same global batch, so the same weights to float tolerance (the gradient is averaged in another order), and the
+same sharded-then-gathered outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from minr.checkpoint import load_checkpoint
+from tests.conftest import ROOT, make_checkpoint
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _one(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=ROOT, env=ENV, check=True)
+
+
+def _two(*args: str) -> None:
+    subprocess.run([*TORCHRUN, "-m", "cli.main", *args], cwd=ROOT, env=ENV, check=True)
+
+
+def _both(tmp_path, *args: str):
+    """Run a command in one process and under torchrun; the two --out folders."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _one(*args, "--out", str(one))
+    _two(*args, "--out", str(two))
+    return one, two
+
+
+def _same_training(a, b, start, prefix="", tol=0.02) -> None:
+    """Two runs' weights differ by under `tol` of how far training moved them from `start` (the pretrained weights,
+    named without `prefix`), in L2 norm over the weights they share. Not elementwise: Adam turns a float-level
+    difference in a near-zero gradient into a step of +-lr."""
+    sa, sb, s0 = (load_checkpoint(p).model_state for p in (a, b, start))
+    assert sa.keys() == sb.keys()
+    keys = [k for k in sa if k.startswith(prefix) and k[len(prefix) :] in s0]
+    diff = sum(float(((sa[k] - sb[k]) ** 2).sum()) for k in keys) ** 0.5
+    moved = sum(float(((sa[k] - s0[k[len(prefix) :]]) ** 2).sum()) for k in keys) ** 0.5
+    assert 0 < diff < tol * moved, (diff, moved)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, fashion_small):
+    return make_checkpoint("mae_tiny", tmp_path_factory.mktemp("ddp") / "mae.safetensors", data_root=fashion_small)
+
+
+def test_finetune_under_torchrun_matches_one_process(ckpt, fashion_small, tmp_path):
+    args = ["finetune", "--task", "classification", "--ckpt", str(ckpt), "--data-root", str(fashion_small)]
+    args += ["--max-steps", "4", "--batch-size", "32", "--drop-path", "0", "--quiet"]
+    one, two = _both(tmp_path, *args)
+    _same_training(*(d / "mae_tiny" / "seed0" / "finetune.safetensors" for d in (one, two)), ckpt, "encoder.")
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r1["evaluated_images"] == r2["evaluated_images"] == 200  # every test image, gathered from both ranks
+    p1, p2 = (np.load(d / "predictions.npz") for d in (one, two))
+    assert (p1["mae_tiny|seed0"] == p2["mae_tiny|seed0"]).mean() >= 0.99
+    assert (p1["labels"] == p2["labels"]).all()
+
+
+EXTRACT = """
+import sys
+from pathlib import Path
+from minr.config import DataConfig
+from probes.extract import ExtractSpec, extract_kinds
+ckpt, root, cache = sys.argv[1:]
+spec = ExtractSpec(ckpt, DataConfig(root=root), split="test", mask_ratio=0.5, device="cpu")
+extract_kinds(spec, ["cls", "patch_mean"], Path(cache), chunk_size=48, progress=False, log=lambda m: None)
+"""
+
+
+def _cached(folder):
+    """The cache's feature files, by feature kind."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    def kind(path):
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads(f.metadata()["key"])["kind"]
+
+    return {kind(p): load_file(str(p)) for p in folder.glob("*.safetensors")}
+
+
+def test_extract_under_torchrun_is_one_process_result(ckpt, fashion_small, tmp_path):
+    """Each rank extracts its share of every chunk, masked as one process masks it; the gathered cache is the
+    one-process cache (200 test images in chunks of 48: the last chunk is smaller and splits unevenly)."""
+    script = tmp_path / "extract.py"
+    script.write_text(EXTRACT)
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(
+        [sys.executable, str(script), str(ckpt), str(fashion_small), str(one)], cwd=ROOT, env=ENV, check=True
+    )
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    subprocess.run([*torchrun, str(script), str(ckpt), str(fashion_small), str(two)], cwd=ROOT, env=ENV, check=True)
+    a, b = _cached(one), _cached(two)
+    assert a.keys() == b.keys() == {"cls", "patch_mean"}  # each kind under its own key
+    for x, y in ((a[k], b[k]) for k in a):
+        assert x["features"].shape[0] == 200
+        torch.testing.assert_close(x["features"], y["features"], atol=1e-5, rtol=1e-5)
+        assert torch.equal(x["labels"], y["labels"])
+    assert not list(two.glob("*.partial"))  # rank 0 cleaned up the chunks
+
+
+SEGMENT = """
+import sys
+import finetune.mmseg_config
+from cli.main import run
+finetune.mmseg_config.HEAD_DROPOUT = 0.0  # each rank draws its own dropout masks: off, the two runs compare
+sys.argv[0] = "minrctl"
+run()
+"""
+
+
+@pytest.mark.parametrize("regime", ["full", "frozen"])
+def test_segmentation_under_torchrun_matches_one_process(regime, ckpt, fashion_small, tmp_path):
+    """mmseg segmentors under DDP (batch norms over the global batch; head dropout off): the one-process weights (the
+    backbone's within 2% of its update, the heads' within 0.1% of their norm), and every validation image scored
+    once, as one process scores it."""
+    from finetune.scenes import make_fashion_scenes
+
+    scenes = make_fashion_scenes(tmp_path / "scenes", n_train=16, n_val=10, size=56, data_root=str(fashion_small))
+    script = tmp_path / "segment.py"
+    script.write_text(SEGMENT)
+    args = ["finetune", "--task", "segmentation", "--dataset", f"fashion-scenes:{scenes}", "--ckpt", str(ckpt)]
+    args += ["--regime", regime, "--backbone", "tokens", "--max-steps", "3", "--batch-size", "4", "--drop-path", "0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, str(script), *args, "--quiet", "--out", str(one)], cwd=ROOT, env=ENV, check=True)
+    subprocess.run([*TORCHRUN, str(script), *args, "--quiet", "--out", str(two)], cwd=ROOT, env=ENV, check=True)
+    a, b = (d / "mae_tiny_tokens" / "seed0" / "segmentation.safetensors" for d in (one, two))
+    if regime == "full":
+        _same_training(a, b, ckpt, "backbone.encoder.")
+    sa, sb = load_checkpoint(a).model_state, load_checkpoint(b).model_state
+    heads = [k for k in sa if k.split(".")[0] in ("decode_head", "neck", "auxiliary_head") and "running" not in k]
+    heads = [k for k in heads if sa[k].is_floating_point()]
+    diff = sum(float(((sa[k] - sb[k]) ** 2).sum()) for k in heads) ** 0.5
+    assert diff < 1e-3 * sum(float((sa[k] ** 2).sum()) for k in heads) ** 0.5
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert r1["evaluated_images"] == r2["evaluated_images"] == 10
+    i1, i2 = (np.load(d / "predictions.npz") for d in (one, two))
+    key = next(k for k in i1.files if k.endswith("per_image_IoU"))
+    np.testing.assert_allclose(i1[key], i2[key], atol=0.02)
+
+
+def test_reconstruct_under_torchrun_is_one_process_result(ckpt, fashion_small, tmp_path):
+    """Each rank reconstructs its share of the images in every condition; the per-image PSNRs gathered are the
+    one-process ones, in the same order."""
+    args = ["reconstruct", "--ckpt", str(ckpt), "--data-root", str(fashion_small), "--mask-ratios", "0.5,0.75"]
+    args += ["--mask-kinds", "random", "--max-images", "50", "--no-floors", "--num-images", "2", "--quiet"]
+    one, two = _both(tmp_path, *args)
+    a, b = (np.load(d / "per_image.npz") for d in (one, two))
+    assert sorted(a.files) == sorted(b.files) and a.files
+    for k in a.files:
+        assert a[k].shape == (50,)
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5)
+
+
+def test_bench_under_torchrun_runs_every_stage_once(fashion_small, tmp_path):
+    """`minrctl bench` under torchrun: every stage runs across both ranks, rank 0 alone prints and keeps the
+    records, and a model without dropout (MAE) pretrains exactly as in one process. (GINR's residual dropout
+    draws its masks per rank, so its DDP run equals a one-process run in distribution only.)"""
+    from tests.test_bench import tiny
+
+    out = tmp_path / "two"
+    args = ["bench", "--preset", "quick", *tiny(str(fashion_small))]
+    r = subprocess.run(
+        [*TORCHRUN, "-m", "cli.main", *args, "--out", str(out)], cwd=ROOT, env=ENV, text=True, capture_output=True
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("stage 1/6 pretrain") == 1 and r.stdout.count("stage 6/6 report") == 1
+    for stage in ("pretrain", "reconstruct", "probe", "finetune", "segment", "report"):
+        assert json.loads((out / stage / "stage.json").read_text())["key"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["segment"]["full"]["evaluated_images"] == 8 and results["finetune"]["evaluated_images"] > 0
+    alone = tmp_path / "one"
+    _one(*args[:3], *tiny(str(fashion_small))[2:], "--models", "mae_tiny", "--stages", "pretrain", "--out", str(alone))
+    rows = [(d / "pretrain" / "mae_tiny" / "metrics.csv").read_text().splitlines() for d in (out, alone)]
+    losses = [[float(x.split(",")[3]) for x in rs if x.startswith("train")] for rs in rows]
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
