@@ -24,7 +24,7 @@ from minr.data import check_classification, data_inputs, load_split
 from minr.errors import MinrError
 from minr.io import git_sha, output_location
 from minr.loop import LoopPlan, StepResult
-from minr.optim import layer_decay_groups
+from minr.optim import adamw, layer_decay_groups
 from minr.parallel import data_parallel, gather_rows, shard
 from minr.run import RunSpec, main_locked, training_run
 from minr.runtime import SINGLE, Dist, distributed_device, hardware
@@ -125,7 +125,7 @@ def _optimizer(cfg: FinetuneConfig, model: EncoderClassifier) -> torch.optim.Opt
         weight_decay=cfg.weight_decay,
         layer_decay=cfg.layer_decay,
     )
-    return torch.optim.AdamW(groups, betas=(0.9, 0.999))
+    return adamw(groups)
 
 
 def classification_step(cfg: FinetuneConfig, model: torch.nn.Module, num_classes: int, device: torch.device):

@@ -33,7 +33,7 @@ from minr.build import encoder_skeleton
 from minr.errors import MinrError
 from minr.io import git_sha
 from minr.loop import LoopPlan, StepResult
-from minr.optim import layer_decay_groups
+from minr.optim import adamw, layer_decay_groups
 from minr.parallel import data_parallel, gather_items, shard
 from minr.progress import console
 from minr.run import RunSpec, main_locked, training_run
@@ -177,7 +177,7 @@ def train_segmentor(
         arch = {"model": bb.model_name, "model_args": bb.model_args, "family": bb.encoder.family}
     spec = RunSpec(out / CKPT, kind="segmentation", identity=ident)
     with training_run(spec, resume=resume, lock=env.main) as run:
-        optim = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.999))
+        optim = adamw(_param_groups(model, cfg), lr=cfg.lr)
         run.start(model, optim, record={**arch, "pretrained": str(source), "seed": seed})
         if cfg.compile and hasattr(bb, "encoder"):  # the encoder; mmseg's heads and data samples stay eager
             bb.encoder.compile()

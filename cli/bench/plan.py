@@ -172,10 +172,11 @@ def _finetune_step(cfg: PretrainConfig, device: torch.device):
     from finetune.classifier import EncoderClassifier
     from minr.build import build_model
     from minr.loop import apply_gradients
+    from minr.optim import adamw
 
     encoder = build_model(cfg)
     model = EncoderClassifier(encoder, 10, kind=encoder.FINETUNE_KIND).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = adamw(list(model.parameters()), lr=1e-4)
 
     def make(n: int):
         x = torch.rand(n, encoder.in_chans, encoder.image_size, encoder.image_size, device=device)
@@ -196,6 +197,7 @@ def _segment_step(cfg: PretrainConfig, seg_cfg, feature: str, size: int, classes
     from finetune.segmentation import build_segmentor, plan_arms, random_batch, segmentation_loss
     from minr.build import initial_checkpoint
     from minr.loop import apply_gradients
+    from minr.optim import adamw
 
     ckpt = tmp / f"{cfg.model}.safetensors"
     if not ckpt.is_file():
@@ -204,7 +206,7 @@ def _segment_step(cfg: PretrainConfig, seg_cfg, feature: str, size: int, classes
     with contextlib.redirect_stdout(None):
         arm = plan_arms(one)[0]
     model = build_segmentor(one, arm, classes).to(device).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def make(n: int):
         batch = random_batch(n, arm.info.in_chans, size, classes)

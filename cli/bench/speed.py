@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from minr.build import default_config
+from minr.config import OptimConfig
 from minr.flops import flops_per_image, pixel_index, random_batch
 from minr.loop import apply_gradients
 from minr.models import create_model
+from minr.optim import build_optimizer
 
 TINY = ("ginr_tiny", "transinr_tiny", "mae_tiny")
 PAPER = ("ginr_paper", "transinr_paper", "mae_base_paper")
@@ -133,10 +135,18 @@ def matmul_ceiling(device: torch.device, n: int = 2048, reps: int = 5) -> float:
 
 
 def train_step_fn(
-    model, patch: int, batch: int, device: torch.device, *, autocast: bool, render_fraction: float = 1.0
+    model,
+    patch: int,
+    batch: int,
+    device: torch.device,
+    *,
+    autocast: bool,
+    render_fraction: float = 1.0,
+    optim: OptimConfig | None = None,
 ) -> Callable[[], None]:
-    """One Adam step of the model's pretraining loss on random images with 75% random masks."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    """One step of the model's pretraining loss on random images with 75% random masks, through the optimiser
+    training builds (`minr.optim.build_optimizer`, fused) with `optim`'s settings (default: Adam)."""
+    opt = build_optimizer(model, optim or OptimConfig(lr=1e-4))
     x, mask, patch = random_batch(model, batch, device, patch)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     extra = pixel_index(model, device, render_fraction)
@@ -213,7 +223,7 @@ def measure_training(
             break
         fns, peaks, warm = {}, {}, {}
         for c, m in models.items():  # memory and the first (compiling) step of each, alone
-            fns[c] = train_step_fn(m, patch, b, device, autocast=autocast)
+            fns[c] = train_step_fn(m, patch, b, device, autocast=autocast, optim=default_config(name).optim)
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
                 fns[c]()
