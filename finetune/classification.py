@@ -82,6 +82,11 @@ def finetune_one(cfg: FinetuneConfig, ckpt: str, seed: int, out: Path, *, resume
     device, env = distributed_device(cfg.device)
     if cfg.batch_size % env.world:
         raise MinrError(f"--batch-size {cfg.batch_size} must divide among {env.world} processes")
+    if (cfg.mixup or cfg.cutmix) and (cfg.batch_size // env.world) % 2:
+        raise MinrError(
+            f"--mixup/--cutmix pair the images of each process's batch: --batch-size {cfg.batch_size} gives "
+            f"{cfg.batch_size // env.world} per process; make it even"
+        )
     skeleton, pre_meta = encoder_skeleton(ckpt)
     size = {"image_size": skeleton.image_size, "in_chans": skeleton.in_chans}
     train, val, test = (load_split(cfg.data, s, **size) for s in ("train", "val", "test"))

@@ -179,8 +179,8 @@ def train_segmentor(
     with training_run(spec, resume=resume, lock=env.main) as run:
         optim = adamw(_param_groups(model, cfg), lr=cfg.lr)
         run.start(model, optim, record={**arch, "pretrained": str(source), "seed": seed})
-        if cfg.compile and hasattr(bb, "encoder"):  # the encoder; mmseg's heads and data samples stay eager
-            bb.encoder.compile()
+        if cfg.compile and hasattr(bb, "encoder"):  # the backbone mmseg calls; its heads and data samples stay eager
+            bb.compile()
         net = data_parallel(model, env, find_unused=True)  # a backbone's feature may leave weights unused
 
         def step_fn(batch, step: int) -> StepResult:

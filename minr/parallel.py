@@ -43,6 +43,7 @@ class GlobalBatchNorm(_BatchNorm):
         if x.dim() < 2:
             raise ValueError(f"expected a batch of at least 2 dimensions, got {x.dim()}")
 
+    @torch.compiler.disable  # collectives inside an autograd Function: left to eager under `train.compile`
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)

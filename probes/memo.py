@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from minr.io import publish, tmp_path, writing
+from minr.runtime import current
 from probes.extract import FeatureSet
 from probes.knn import knn_predict
 from probes.linear import LRS, MIN_STEPS, WEIGHT_DECAYS, ProbeResult, linear_probe, standardised_head
@@ -40,6 +41,8 @@ def _load(path: Path, text: str) -> tuple[dict[str, torch.Tensor], dict[str, Any
 
 
 def _store(path: Path, text: str, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    if not current().main:  # under torchrun every rank fits the same head; rank 0 keeps it
+        return
     tmp = tmp_path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)

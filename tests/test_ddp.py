@@ -46,7 +46,62 @@ def _same_training(a, b, start, prefix="", tol=0.02) -> None:
     keys = [k for k in sa if k.startswith(prefix) and k[len(prefix) :] in s0]
     diff = sum(float(((sa[k] - sb[k]) ** 2).sum()) for k in keys) ** 0.5
     moved = sum(float(((sa[k] - s0[k[len(prefix) :]]) ** 2).sum()) for k in keys) ** 0.5
-    assert 0 < diff < tol * moved, (diff, moved)
+    assert moved > 0 and diff < tol * moved, (diff, moved)
+
+
+def _global_bn_rank(rank: int, store: str, out: str) -> None:
+    """One of two gloo ranks: GlobalBatchNorm on this rank's half of a batch, its outputs, gradients and running
+    statistics saved for the test to compare with torch's BatchNorm on the whole batch."""
+    import torch.distributed as dist
+
+    from minr.parallel import GlobalBatchNorm
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    x, g = torch.randn(8, 3, 5, 4) * 3 + 1, torch.randn(8, 3, 5, 4)
+    got = {}
+    for name, kw in (("m01", {"momentum": 0.1}), ("cumulative", {"momentum": None}), ("plain", {"affine": False})):
+        bn = GlobalBatchNorm(3, **kw)
+        if bn.affine:
+            with torch.no_grad():
+                bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        mine = x[4 * rank : 4 * rank + 4].clone().requires_grad_()
+        for _ in range(2):  # two steps: the running statistics update twice
+            y = bn(mine)
+        (y * g[4 * rank : 4 * rank + 4]).sum().backward()
+        got[name] = {"y": y.detach(), "dx": mine.grad, **{k: v.detach().clone() for k, v in bn.state_dict().items()}}
+        if bn.affine:
+            got[name] |= {"dw": bn.weight.grad.clone(), "db": bn.bias.grad.clone()}
+    torch.save(got, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_global_batch_norm_is_batch_norm_over_every_rank(tmp_path):
+    """Two gloo ranks, half a batch each: outputs, input gradients, the sum of the ranks' weight gradients and the
+    running statistics (momentum 0.1 and cumulative) are those of torch's BatchNorm2d on the whole batch."""
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_global_bn_rank, (str(tmp_path / "store"), str(tmp_path)), nprocs=2, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    torch.manual_seed(0)
+    x, g = torch.randn(8, 3, 5, 4) * 3 + 1, torch.randn(8, 3, 5, 4)
+    for name, kw in (("m01", {"momentum": 0.1}), ("cumulative", {"momentum": None}), ("plain", {"affine": False})):
+        bn = torch.nn.BatchNorm2d(3, **kw)
+        if bn.affine:
+            with torch.no_grad():
+                bn.weight.copy_(ranks[0][name]["weight"]), bn.bias.copy_(ranks[0][name]["bias"])
+        whole = x.clone().requires_grad_()
+        for _ in range(2):
+            y = bn(whole)
+        (y * g).sum().backward()
+        a, b = ranks[0][name], ranks[1][name]
+        torch.testing.assert_close(torch.cat([a["y"], b["y"]]), y.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.cat([a["dx"], b["dx"]]), whole.grad, atol=1e-5, rtol=1e-5)
+        for k in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(a[k], bn.state_dict()[k], atol=1e-5, rtol=1e-5)
+        if bn.affine:
+            torch.testing.assert_close(a["dw"] + b["dw"], bn.weight.grad, atol=1e-4, rtol=1e-5)
+            torch.testing.assert_close(a["db"] + b["db"], bn.bias.grad, atol=1e-4, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -183,4 +238,4 @@ def test_bench_under_torchrun_runs_every_stage_once(fashion_small, tmp_path):
     _one(*args[:3], *tiny(str(fashion_small))[2:], "--models", "mae_tiny", "--stages", "pretrain", "--out", str(alone))
     rows = [(d / "pretrain" / "mae_tiny" / "metrics.csv").read_text().splitlines() for d in (out, alone)]
     losses = [[float(x.split(",")[3]) for x in rs if x.startswith("train")] for rs in rows]
-    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)

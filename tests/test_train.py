@@ -233,8 +233,11 @@ def test_compiled_steps_give_the_eager_losses_and_resume_an_eager_run(fashion_sm
     pretrain(default_config("transinr_tiny", over), tmp_path / "eager", progress=False)
     with killed_after_first_checkpoint(monkeypatch):
         pretrain(default_config("transinr_tiny", over), tmp_path / "b", progress=False)
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     resumed = pretrain(default_config("transinr_tiny", {**over, "train.compile": True}), tmp_path / "b", resume=True)
-    assert resumed["steps"] == 4
+    assert resumed["steps"] == 4 and counters["stats"]["unique_graphs"] > graphs  # it did compile
     eager, mixed = (_losses(tmp_path / d / "metrics.csv") for d in ("eager", "b"))
     assert len(eager) == len(mixed) == 4 and mixed == pytest.approx(eager, rel=1e-4)
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors").model_state for d in ("eager", "b"))

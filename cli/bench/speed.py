@@ -208,7 +208,9 @@ def measure_training(
     compiled: bool = False,
 ) -> list[TrainSpeed]:
     """Step speed at each batch size, skipping sizes whose estimated step exceeds `budget_s`. With `compiled`, a
-    torch.compile'd copy of the model (the same weights) is timed beside the eager one, their steps interleaved."""
+    torch.compile'd copy of the model (built with the same seed: the same initial weights) is timed beside the
+    eager one, their steps interleaved; it is compiled for each batch size anew, static-shaped, as a training run
+    of that batch compiles it."""
     model, patch = preset_model(name, device)
     model.train()
     flops = flops_per_image(model, patch, device)
@@ -216,12 +218,14 @@ def measure_training(
     if compiled:
         models[True] = preset_model(name, device)[0]
         models[True].train()
-        models[True].compile()
     out, per_image = [], None
     for b in batches:
         if per_image is not None and per_image * b * (steps + 1) * len(models) > budget_s:
             break
         fns, peaks, warm = {}, {}, {}
+        if compiled:
+            torch._dynamo.reset()  # no graph of another batch size: a fresh, static compile
+            models[True].compile(dynamic=False)
         for c, m in models.items():  # memory and the first (compiling) step of each, alone
             fns[c] = train_step_fn(m, patch, b, device, autocast=autocast, optim=default_config(name).optim)
             with PeakMemory(device) as mem:
