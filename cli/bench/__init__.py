@@ -17,7 +17,10 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 @main.command("bench")
 @click.option(
-    "--preset", default="quick", show_default=True, help="quick (~8 min on 2 CPU cores), cpu-full (~1.5 h), paper."
+    "--preset",
+    default="quick",
+    show_default=True,
+    help="quick (~8 min on 2 CPU cores), cpu-full (~7 h), cpu-long, paper.",
 )
 @click.option(
     "--out", type=click.Path(file_okay=False), required=True, help="Where every stage writes (empty, or a bench's own)."

@@ -187,15 +187,21 @@ def ginr_paper() -> dict[str, Any]:
     return dict(**_MINR_PAPER, fourier_sigma=128, ginr_rank=256)
 
 
-_TINY_RECIPE = {**_TINY, "optim.lr": 1e-3}
+def _tiny_recipe(lr: float, warmup: float) -> dict[str, Any]:
+    """A tiny preset's recipe: the paper recipe's optimiser and schedule, at the learning rate and warm-up that the
+    equal per-model search chose (`benchmarks/recipe_search.py`, `benchmarks/results/recipes`: lr {3e-4, 1e-3,
+    3e-3, 1e-2} x warm-up {0, 0.05}, each at the cpu-full budget, the lowest validation loss)."""
+    return {**_TINY, "optim.lr": lr, "optim.warmup_fraction": warmup}
 
 
-@register_model("transinr", {**_TRANSINR, **_TINY_RECIPE}, "TransINR, 28 px grayscale, for CPU runs", params=867_585)
+@register_model(
+    "transinr", {**_TRANSINR, **_tiny_recipe(3e-3, 0.05)}, "TransINR, 28 px grayscale, for CPU runs", params=867_585
+)
 def transinr_tiny() -> dict[str, Any]:
     return dict(**_MINR_TINY, fourier_sigma=32, tokens_per_layer=16)
 
 
-@register_model("ginr", {**_GINR, **_TINY_RECIPE}, "GINR, 28 px grayscale, for CPU runs", params=839_057)
+@register_model("ginr", {**_GINR, **_tiny_recipe(1e-3, 0.05)}, "GINR, 28 px grayscale, for CPU runs", params=839_057)
 def ginr_tiny() -> dict[str, Any]:
     return dict(**_MINR_TINY, fourier_sigma=32, ginr_rank=64)
 
@@ -217,6 +223,6 @@ def mae_large_paper() -> dict[str, Any]:
 _MAE_TINY = "MAE, 28 px grayscale, encoder as wide as the tiny MINRs"
 
 
-@register_model("mae", {**_MAE, **_TINY_RECIPE}, _MAE_TINY, params=914_704)
+@register_model("mae", {**_MAE, **_tiny_recipe(3e-3, 0.05)}, _MAE_TINY, params=914_704)
 def mae_tiny() -> dict[str, Any]:
     return dict(**_TINY_ENCODER, decoder_dim=64, decoder_depth=2, decoder_heads=4)
