@@ -381,6 +381,7 @@ def test_frozen_inr_features_beat_the_all_background_answer(fashion_small, tmp_p
 
     torch.manual_seed(0)
     over = {"data.root": str(fashion_small), "train.max_steps": 40, "train.epochs": None, "train.batch_size": 32}
+    over |= {"optim.lr": 1e-3, "optim.warmup_fraction": 0.0}  # the pretraining the test was measured with
     pretrain(default_config("ginr_tiny", {**over, "train.val_max_images": 32}), tmp_path / "pre", progress=False)
     scenes = make_fashion_scenes(tmp_path / "sc", n_train=64, n_val=24, data_root=str(fashion_small))
     cfg = SegConfig(
