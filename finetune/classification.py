@@ -60,7 +60,7 @@ def predict(
     model.eval()
     mine = Subset(data, shard(len(data), env))
     out = [model(x.to(device)).argmax(1).cpu() for x, _, _ in DataLoader(mine, batch_size=batch_size)]
-    return gather_rows(torch.cat(out) if out else None, env).numpy()
+    return gather_rows(out, env).numpy()
 
 
 def settings(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -3,7 +3,7 @@ and evaluation sharded across ranks and gathered back in order, so a result does
 
     net = data_parallel(model, env)            # train through `net`, checkpoint `model`
     mine = Subset(data, shard(len(data), env))  # this rank's share
-    out = gather_rows(predict(mine), env)       # every rank: the whole, in the dataset's order
+    out = gather_rows(predicted_batches, env)   # every rank: the whole, in the dataset's order
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ def shard(n: int, env: Dist) -> list[int]:
     return list(range(env.rank, n, env.world))
 
 
-def gather_rows(part: torch.Tensor | None, env: Dist) -> torch.Tensor:
-    """Every rank's `shard` of a tensor result (rows), whole and in the items' order, on every rank (CPU). A
-    rank whose share is empty passes None."""
+def gather_rows(batches: list[torch.Tensor], env: Dist) -> torch.Tensor:
+    """This rank's `shard` of a result, as the batches it computed (possibly none), and every other rank's: whole
+    and in the items' order, on every rank (CPU)."""
+    part = torch.cat(batches).cpu() if batches else None
     if env.world == 1:
-        return part.cpu()
-    parts = _per_rank(None if part is None else part.cpu())
+        return part
+    parts = _per_rank(part)
     like = next(p for p in parts if p is not None)
     out = torch.empty((sum(len(p) for p in parts if p is not None), *like.shape[1:]), dtype=like.dtype)
     for r, p in enumerate(parts):

@@ -243,5 +243,5 @@ def _run_chunk(spec, source, ref: EncoderRef, subset, kinds, device, mask: MaskS
         for k in kinds:
             feats[k].append(out[k].float().cpu())
         labels.append(y)
-    y = gather_rows(torch.cat(labels) if labels else None, env)
-    return {k: {"features": gather_rows(torch.cat(v) if v else None, env), "labels": y} for k, v in feats.items()}
+    y = gather_rows(labels, env)
+    return {k: {"features": gather_rows(v, env), "labels": y} for k, v in feats.items()}

@@ -243,7 +243,7 @@ def evaluate_checkpoint(
                 busy += time.perf_counter() - t0
                 seen += len(images)
                 bar.update(bar.task_ids[0], advance=len(images), info=f"{name} {seen / busy:.0f} img/s")
-                whole = {p: gather_rows(torch.cat(v) if v else None, env).numpy() for p, v in psnr.items()}
+                whole = {p: gather_rows(v, env).numpy() for p, v in psnr.items()}
                 cells += _score(name, got, dataset, kind, ratio, whole)
     got.entries.append(
         ReconEntry(
