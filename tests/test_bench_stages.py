@@ -54,6 +54,8 @@ BAD = [
     (["--set", "probe.seeds=two"], "probe.seeds"),
     (["--set", "train.batch_size=8"], "`minrctl bench --preset quick --dry-run`"),
     (["--set", "segment.crop=0"], "--crop must be >= 1"),
+    (["--set", "segment.pretrain_seeds=0"], "segment.pretrain_seeds must be positive"),
+    (["--set", "segment.pretrain_seeds=2"], "segment.pretrain_seeds is 2 but pretrain.seeds only 1"),
     (["--set", "plan.mfu=2"], "plan.mfu must be in (0, 1]"),
     (["--set", "plan.gpus=[0]"], "plan.gpus must be counts >= 1"),
     (["--set", "plan.train_images=0"], "plan.train_images must be positive"),
@@ -173,3 +175,38 @@ def test_seeds_and_equal_flops_arm(tmp_path, fashion_small):
     md = (out / "report.md").read_text()
     assert "## MINR - MAE over pretraining seeds" in md and "Over 2 pretraining seed(s)" in md
     assert "ginr_tiny@init:" in md  # the randomly initialised encoders are in the probe table
+
+
+def test_segmentation_can_train_on_the_first_pretraining_seeds_and_is_compared_over_those(tmp_path, monkeypatch):
+    """segment.pretrain_seeds=1 of 2: segmentation trains the first seed's encoders and initialisations only, and
+    the seed-level comparison of a metric draws on the seeds it has (one seed: never established), while a metric
+    with both seeds is compared over both."""
+    import numpy as np
+
+    from cli.bench import seeds as seeds_module
+    from cli.bench.runs import Bench
+    from cli.bench.training_stages import Segment
+
+    over = {"pretrain.seeds": 2, "segment.pretrain_seeds": 1, "segment.scratch": True, "finetune.scratch": True}
+    b = Bench(load_preset("quick", over, models=("ginr_tiny", "mae_tiny")), tmp_path)
+    seg = Segment().configs(b)["frozen"]
+    assert seg.names == ("ginr_tiny", "mae_tiny", "ginr_tiny@init", "mae_tiny@init")
+    assert seg.groups == ("seed0", "seed0", "init-seed0", "init-seed0")
+    from cli.bench.training_stages import Finetune
+
+    assert len(Finetune().configs(b).names) == 8  # fine-tuning keeps both seeds
+
+    rng = np.random.default_rng(0)
+    both = {n: rng.random(200) < 0.8 for n in b.names()} | {"ginr_tiny@init": rng.random(200) < 0.5}
+    first = {n: rng.random(200) for n in ("ginr_tiny", "mae_tiny", "ginr_tiny@init")}
+
+    class Fake:
+        def outcomes(self, _b):
+            return {"probe linear": both, "segmentation frozen tokens": first}
+
+    monkeypatch.setattr(seeds_module, "COMPUTE", [Fake()])
+    got = {(c.metric, c.arm): c.result for c in seeds_module.comparisons(b)}
+    assert got[("probe linear", "equal steps")].seeds == 2
+    seg_steps = got[("segmentation frozen tokens", "equal steps")]
+    assert seg_steps.seeds == 1 and not seg_steps.established
+    assert got[("segmentation frozen tokens", "gain over scratch")].seeds == 1

@@ -108,6 +108,7 @@ class SegmentSettings:
     inr_fit_steps: int | None = None  # None: the library's default
     crop: int | None = None  # training crop of a large-image dataset (ADE20K: 512); None: whole images
     seeds: int = 1  # head seeds per checkpoint
+    pretrain_seeds: int | None = None  # segment the first that many pretraining seeds' encoders (None: every seed)
     scratch: bool = False  # also train every architecture from its random initialisation (the control)
     # a frozen backbone's light head learns at 1e-2: at 2e-3 it still predicted background everywhere on INR
     # features after 200 steps (6.72 mIoU), at 1e-2 it left it within 100 (9.12)
@@ -117,6 +118,8 @@ class SegmentSettings:
     def __post_init__(self) -> None:
         for what in ("scenes_train", "scenes_val"):
             _check(getattr(self, what) > 0, f"segment.{what} must be positive, got {getattr(self, what)}")
+        n = self.pretrain_seeds
+        _check(n is None or n > 0, f"segment.pretrain_seeds must be positive (or null for every seed), got {n}")
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,8 @@ class BenchConfig:
         _check(not unknown, f"unknown model {unknown[0] if unknown else ''!r}; choose from {', '.join(list_models())}")
         _check(len(set(self.models)) == len(self.models), f"--models names {_twice(self.models)!r} twice")
         _check(len(set(self.stages)) == len(self.stages), f"--stages names {_twice(self.stages)!r} twice")
+        n, seeds = self.segment.pretrain_seeds, self.pretrain.seeds
+        _check(n is None or n <= seeds, f"segment.pretrain_seeds is {n} but pretrain.seeds only {seeds}; lower it")
 
     def root(self, section: str) -> str | None:
         """A stage's data root: its section's own, else pretrain.data_root."""

@@ -118,14 +118,17 @@ def family(model: str) -> str:
         return create_model(model).family
 
 
-def encoders(b: Bench, *, scratch: bool) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def encoders(
+    b: Bench, *, scratch: bool, seeds: int | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(names, checkpoints, groups) a downstream stage trains from: every run's final checkpoint and, as the
     from-scratch control, every architecture's random initialisation per seed. Groups pair MINR with MAE within
-    a seed (and initialisations with initialisations)."""
-    rows = [(r.name, b.ckpt(r.name), f"seed{r.seed}") for r in b.runs()]
+    a seed (and initialisations with initialisations). `seeds` keeps the first that many pretraining seeds."""
+    last = b.cfg.pretrain.seed + (b.cfg.pretrain.seeds if seeds is None else seeds)
+    seed = {r.name: r.seed for r in b.runs() if r.seed < last}
+    rows = [(r.name, b.ckpt(r.name), f"seed{r.seed}") for r in b.runs() if r.name in seed]
     if scratch:
-        seed = {r.name: r.seed for r in b.runs()}
-        rows += [(n, c, f"init-seed{seed[n.split('@')[0]]}") for n, c in b.scratch()]
+        rows += [(n, c, f"init-seed{seed[n.split('@')[0]]}") for n, c in b.scratch() if n.split("@")[0] in seed]
     names, ckpts, groups = zip(*rows, strict=True)
     return names, ckpts, groups
 

@@ -52,14 +52,16 @@ def opponents(b: Bench) -> list[tuple[str, str, str, list[tuple[Run, Run]]]]:
 
 
 def comparisons(b: Bench) -> list[SeedComparison]:
-    """Every seed-level comparison whose per-item outcomes every seed has."""
+    """Every seed-level comparison, over the seeds whose per-item outcomes the metric has (segmentation may
+    train on fewer pretraining seeds than the other stages)."""
     outcomes = {}
     for stage in COMPUTE:
         outcomes.update(stage.outcomes(b))
     out = []
     for metric, values in outcomes.items():
         for m, o, arm, pairs in opponents(b):
-            if not all(a.name in values and c.name in values for a, c in pairs):
+            pairs = [(a, c) for a, c in pairs if a.name in values and c.name in values]
+            if not pairs:
                 continue
             result = seed_level(
                 m,
@@ -80,7 +82,8 @@ def _gains(b: Bench, metric: str, values: dict[str, np.ndarray]) -> list[SeedCom
     out = []
     for m in b.cfg.models:
         runs = [r for r in b.runs() if r.model == m and r.matched_to is None and f"{r.name}@init" in values]
-        if runs and all(r.name in values for r in runs):
+        runs = [r for r in runs if r.name in values]
+        if runs:
             result = seed_level(
                 m,
                 [values[r.name] for r in runs],

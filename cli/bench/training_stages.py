@@ -79,7 +79,7 @@ class Segment(Stage):
 
         s = b.cfg.segment
         dataset = s.dataset or f"fashion-scenes:{self.scenes(b)}"
-        names, ckpts, groups = encoders(b, scratch=s.scratch)
+        names, ckpts, groups = encoders(b, scratch=s.scratch, seeds=s.pretrain_seeds)
         fit = {} if s.inr_fit_steps is None else {"inr_fit_steps": s.inr_fit_steps}
         return {
             regime: SegConfig(
@@ -166,4 +166,5 @@ class Segment(Stage):
     def work(self, cfg: BenchConfig) -> float:
         s = cfg.segment
         per = sum(r.max_steps * r.batch_size for r in (s.frozen, s.full))
-        return len(cfg.models) * cfg.pretrain.seeds * len(s.backbones) * per * s.seeds
+        seeds = min(s.pretrain_seeds or cfg.pretrain.seeds, cfg.pretrain.seeds)
+        return len(cfg.models) * seeds * len(s.backbones) * per * s.seeds
