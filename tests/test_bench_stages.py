@@ -210,3 +210,25 @@ def test_segmentation_can_train_on_the_first_pretraining_seeds_and_is_compared_o
     seg_steps = got[("segmentation frozen tokens", "equal steps")]
     assert seg_steps.seeds == 1 and not seg_steps.established
     assert got[("segmentation frozen tokens", "gain over scratch")].seeds == 1
+
+
+@pytest.mark.slow
+def test_scratch_controls_are_trained_for_every_model(tmp_path, fashion_small):
+    """finetune.scratch and segment.scratch: every architecture is also fine-tuned and segmented from its random
+    initialisation (its run's step-0 checkpoint), and the report gives each model's gain over scratch there."""
+    from tests.test_bench import tiny
+
+    out = tmp_path / "c"
+    sets = ["--set", "finetune.scratch=true", "--set", "segment.scratch=true", "--set", "finetune.epochs=1"]
+    sets += ["--set", "segment.backbones=[tokens]", "--stages", "pretrain,finetune,segment,report"]
+    r = CliRunner().invoke(main, ["bench", "--preset", "quick", "--out", str(out), *tiny(str(fashion_small)), *sets])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    models = ("ginr_tiny", "mae_tiny")
+    assert {e["name"] for e in res["finetune"]["entries"]} == {*models, *(f"{m}@init" for m in models)}
+    for regime in ("frozen", "full"):
+        names = {e["name"] for e in res["segment"][regime]["entries"]}
+        assert {f"{m}@init:tokens" for m in models} <= names and {f"{m}:tokens" for m in models} <= names
+    gains = {(c["metric"], c["result"]["a"]) for c in res["seed_level"] if c["arm"] == "gain over scratch"}
+    for metric in ("fine-tuning", "segmentation frozen tokens", "segmentation full tokens"):
+        assert {(metric, m) for m in models} <= gains, (metric, gains)
