@@ -239,3 +239,34 @@ def test_bench_under_torchrun_runs_every_stage_once(fashion_small, tmp_path):
     rows = [(d / "pretrain" / "mae_tiny" / "metrics.csv").read_text().splitlines() for d in (out, alone)]
     losses = [[float(x.split(",")[3]) for x in rs if x.startswith("train")] for rs in rows]
     assert len(losses[0]) == 4 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_two_process_run_killed_and_resumed_ends_with_the_uninterrupted_weights(fashion_small, tmp_path):
+    """torchrun's 2 ranks pretraining GINR (dropout drawn per rank) are killed mid-run, every process at once, and
+    resumed under torchrun: the run ends with the very weights of a 2-rank run never stopped."""
+    import signal
+    import time
+
+    from minr.checkpoint import weights_sha256
+    from tests.test_train import _pretrain_args
+
+    _two(*_pretrain_args(fashion_small, tmp_path / "a"))
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "cli.main", *_pretrain_args(fashion_small, tmp_path / "b")],
+        cwd=ROOT,
+        env=ENV,
+        start_new_session=True,  # its own process group: the kill reaches torchrun and both ranks
+    )
+    ckpt = tmp_path / "b" / "checkpoint.safetensors"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and 3 <= load_checkpoint(ckpt).meta["step"] < 12:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert load_checkpoint(ckpt).meta["step"] < 12, "the run finished before it could be killed"
+    _two(*_pretrain_args(fashion_small, tmp_path / "b"), "--resume")
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors") for d in "ab")
+    assert b.meta["step"] == 12 and json.loads((tmp_path / "b" / "summary.json").read_text())["world_size"] == 2
+    assert weights_sha256(a.model_state) == weights_sha256(b.model_state)
