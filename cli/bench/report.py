@@ -12,6 +12,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.bench import seeds
 from cli.bench.results import BenchResults, gather
 from cli.bench.runs import Bench
 from cli.bench.stage import Stage
@@ -182,10 +183,6 @@ def sections(res: BenchResults, recon_cfg) -> list[Table]:
                     analysis.headline(res.reconstruct.entries, recon_cfg, ds),
                 )
             )
-    if res.seed_level:
-        from cli.bench import seeds
-
-        out.append(("MINR - MAE over pretraining seeds", seeds.HEADERS, seeds.rows(res.seed_level)))
     if res.probe.main:
         from probes.report import ENTRY_HEADERS, entry_rows
 
@@ -239,6 +236,7 @@ class Rendered:
 
     head: list[list[str]]
     paired: list[list[str]]
+    seed_level: list[list[str]]  # the answer over pretraining seeds, shown before each seed's own pairs
     says: list[str]
     per_stage: list[Table]
     figures: list[tuple[str, Path]]
@@ -247,6 +245,7 @@ class Rendered:
     note: str  # what the headline numbers are
 
 
+SEEDS_TITLE = "MINR - MAE over pretraining seeds"
 PAIRED_HEADERS = ["comparison", "MINR", "MAE", "diff", "95% CI", "p (test)", "significant", "items"]
 
 
@@ -262,6 +261,7 @@ def render(b: Bench, res: BenchResults) -> Rendered:
     return Rendered(
         head=headline_rows(res),
         paired=paired_rows(res),
+        seed_level=seeds.rows(res.seed_level),
         says=verdict(res),
         per_stage=sections(res, Reconstruct().configs(b) if res.reconstruct else None),
         figures=_figures(b.out, condition(res)),
@@ -280,6 +280,7 @@ def markdown(cfg, r: Rendered, out: Path) -> str:
         "## Headline\n",
         markdown_table(HEADLINE, r.head),
         f"{r.note}\n",
+        *([f"## {SEEDS_TITLE}\n", markdown_table(seeds.HEADERS, r.seed_level)] if r.seed_level else []),
         "## Paired MINR - MAE\n",
         markdown_table(PAIRED_HEADERS, r.paired),
         "## Verdict (computed from the numbers above)\n",
@@ -338,6 +339,11 @@ def to_html(cfg, r: Rendered) -> str:
         "<section id='headline'><h2>Headline</h2>",
         _html_table(HEADLINE, r.head),
         f"<p>{html.escape(r.note)}</p></section>",
+        *(
+            [f"<section id='seeds'><h2>{SEEDS_TITLE}</h2>", _html_table(seeds.HEADERS, r.seed_level), "</section>"]
+            if r.seed_level
+            else []
+        ),
         "<section id='paired'><h2>Paired MINR - MAE</h2>",
         _html_table(PAIRED_HEADERS, r.paired),
         "</section>",
