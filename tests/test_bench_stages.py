@@ -175,6 +175,14 @@ def test_seeds_and_equal_flops_arm(tmp_path, fashion_small):
     md = (out / "report.md").read_text()
     assert "## MINR - MAE over pretraining seeds" in md and "Over 2 pretraining seed(s)" in md
     assert "ginr_tiny@init:" in md  # the randomly initialised encoders are in the probe table
+    # a bench folder moved elsewhere reports the same comparisons (nothing is keyed by the old path)
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    args = ["bench", "--preset", "quick", "--out", str(moved), *tiny(str(fashion_small))]
+    args += [a for a in sets if a not in ("--stages", "pretrain,probe,report")]
+    again = CliRunner().invoke(main, [*args, "--stages", "report"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((moved / "results.json").read_text())["seed_level"] == res["seed_level"]
 
 
 def test_segmentation_can_train_on_the_first_pretraining_seeds_and_is_compared_over_those(tmp_path, monkeypatch):

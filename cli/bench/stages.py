@@ -211,8 +211,9 @@ class Probe(Stage):
         with np.load(path) as z:
             labels, got = z["labels"], {k: z[k] for k in z.files}
         out: dict[str, dict[str, np.ndarray]] = {"probe linear": {}, "probe knn": {}}
-        for run, ckpt in [(n, b.ckpt(n)) for n in b.names()] + b.scratch_first():
-            entry = main.best.get(ckpt)
+        chosen = {entry.rsplit(":", 1)[0]: entry for entry in main.best.values()}  # by run, wherever --out now is
+        for run in [*b.names(), *(n for n, _ in b.scratch_first())]:
+            entry = chosen.get(run)
             for method, key in (("linear", "linear/seed0"), ("knn", "knn")):
                 if entry and f"{entry}|{key}" in got:
                     out[f"probe {method}"][run] = got[f"{entry}|{key}"] == labels
