@@ -20,7 +20,7 @@ def _names(text: str | None) -> tuple[str, ...]:
     "--preset",
     default="quick",
     show_default=True,
-    help="quick (~8 min on 2 CPU cores), cpu-full (~7 h), cpu-long, paper.",
+    help="quick (~10 min on 2 CPU cores), cpu-full (~7 h), cpu-long, paper.",
 )
 @click.option(
     "--out", type=click.Path(file_okay=False), required=True, help="Where every stage writes (empty, or a bench's own)."
