@@ -34,6 +34,23 @@ def killed_after_first_checkpoint(monkeypatch):
     monkeypatch.setattr(minr.loop, "save_checkpoint", real)
 
 
+def kill_mid_run(proc, ckpt: Path, kill, *, before: int = 12, timeout: float = 180) -> int:
+    """Call `kill()` once `proc`'s run has checkpointed a step in [3, before), wait for it, and return the step
+    it left (the test asserts it is below `before`: killed mid-run)."""
+    import time
+
+    from minr.checkpoint import load_checkpoint
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists() and 3 <= load_checkpoint(ckpt).meta["step"] < before:
+            break
+        time.sleep(0.05)
+    kill()
+    proc.wait()
+    return load_checkpoint(ckpt).meta["step"]
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

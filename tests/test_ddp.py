@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from minr.checkpoint import load_checkpoint
-from tests.conftest import ROOT, make_checkpoint
+from tests.conftest import ROOT, kill_mid_run, make_checkpoint
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -245,7 +245,6 @@ def test_two_process_run_killed_and_resumed_ends_with_the_uninterrupted_weights(
     """torchrun's 2 ranks pretraining GINR (dropout drawn per rank) are killed mid-run, every process at once, and
     resumed under torchrun: the run ends with the very weights of a 2-rank run never stopped."""
     import signal
-    import time
 
     from minr.checkpoint import weights_sha256
     from tests.test_train import _pretrain_args
@@ -257,15 +256,10 @@ def test_two_process_run_killed_and_resumed_ends_with_the_uninterrupted_weights(
         env=ENV,
         start_new_session=True,  # its own process group: the kill reaches torchrun and both ranks
     )
-    ckpt = tmp_path / "b" / "checkpoint.safetensors"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and 3 <= load_checkpoint(ckpt).meta["step"] < 12:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert load_checkpoint(ckpt).meta["step"] < 12, "the run finished before it could be killed"
+    killed_at = kill_mid_run(
+        proc, tmp_path / "b" / "checkpoint.safetensors", lambda: os.killpg(proc.pid, signal.SIGKILL)
+    )
+    assert killed_at < 12, "the run finished before it could be killed"
     _two(*_pretrain_args(fashion_small, tmp_path / "b"), "--resume")
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors") for d in "ab")
     assert b.meta["step"] == 12 and json.loads((tmp_path / "b" / "summary.json").read_text())["world_size"] == 2

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from minr.errors import MinrError
 from minr.loop import lr_factor
 from minr.runtime import epoch_batches
 from minr.train import pretrain
-from tests.conftest import ROOT, killed_after_first_checkpoint
+from tests.conftest import ROOT, kill_mid_run, killed_after_first_checkpoint
 
 
 def test_lr_schedules():
@@ -116,15 +115,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(fashion_small, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(_cli(*_pretrain_args(fashion_small, tmp_path / "a")), cwd=ROOT, env=env, check=True)
     proc = subprocess.Popen(_cli(*_pretrain_args(fashion_small, tmp_path / "b")), cwd=ROOT, env=env)
-    ckpt = tmp_path / "b" / "checkpoint.safetensors"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists() and 3 <= load_checkpoint(ckpt).meta["step"] < 12:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = load_checkpoint(ckpt).meta["step"]
+    killed_at = kill_mid_run(proc, tmp_path / "b" / "checkpoint.safetensors", lambda: proc.send_signal(signal.SIGKILL))
     assert killed_at < 12, "the run finished before it could be killed"
     subprocess.run(_cli(*_pretrain_args(fashion_small, tmp_path / "b"), "--resume"), cwd=ROOT, env=env, check=True)
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.safetensors") for d in "ab")

@@ -128,7 +128,8 @@ def encoders(
     seed = {r.name: r.seed for r in b.runs() if r.seed < last}
     rows = [(r.name, b.ckpt(r.name), f"seed{r.seed}") for r in b.runs() if r.name in seed]
     if scratch:
-        rows += [(n, c, f"init-seed{seed[n.split('@')[0]]}") for n, c in b.scratch() if n.split("@")[0] in seed]
+        inits = [(n, c, n.split("@")[0]) for n, c in b.scratch()]
+        rows += [(n, c, f"init-seed{seed[run]}") for n, c, run in inits if run in seed]
     names, ckpts, groups = zip(*rows, strict=True)
     return names, ckpts, groups
 

@@ -81,8 +81,9 @@ def _gains(b: Bench, metric: str, values: dict[str, np.ndarray]) -> list[SeedCom
     control), over the seeds where both were evaluated."""
     out = []
     for m in b.cfg.models:
-        runs = [r for r in b.runs() if r.model == m and r.matched_to is None and f"{r.name}@init" in values]
-        runs = [r for r in runs if r.name in values]
+        runs = [
+            r for r in b.runs() if r.model == m and not r.matched_to and {r.name, f"{r.name}@init"} <= values.keys()
+        ]
         if runs:
             result = seed_level(
                 m,

@@ -166,5 +166,5 @@ class Segment(Stage):
     def work(self, cfg: BenchConfig) -> float:
         s = cfg.segment
         per = sum(r.max_steps * r.batch_size for r in (s.frozen, s.full))
-        seeds = min(s.pretrain_seeds or cfg.pretrain.seeds, cfg.pretrain.seeds)
+        seeds = s.pretrain_seeds or cfg.pretrain.seeds  # never above pretrain.seeds (BenchConfig checks)
         return len(cfg.models) * seeds * len(s.backbones) * per * s.seeds
