@@ -154,6 +154,10 @@ def test_bench_end_to_end_skips_reruns_and_resumes(tmp_path, fashion_small):
     }  # the learning curve pairs MINR with MAE at the same step only
     md = (out / "report.md").read_text()
     assert "## Verdict (computed from the numbers above)" in md and "learning_curves.png" in md
+    crossings = [v for v in res["verdict"] if v.startswith("Learning curve, ")]  # where each meets the pixel floor
+    assert len(crossings) == 4 and all("the pixel floor (" in v for v in crossings), crossings
+    sha = json.loads((out / "pretrain" / "stage.json").read_text())["git_sha"]  # the code each stage ran
+    assert f"Code: {sha}. Machine: " in md, md.splitlines()[:8]
     assert "## Segmentation, frozen backbone: IoU per class" in md and "| pixels (floor) |" in md
     assert "segmentation frozen, against the pixel floor" in md and "segmentation full, inr[3]" in md
     # everything again: every stage is skipped and the results stay the same

@@ -166,6 +166,10 @@ def test_seeds_and_equal_flops_arm(tmp_path, fashion_small):
     steps = {n: json.loads((out / "pretrain" / n / "summary.json").read_text())["steps"] for n in runs}
     assert steps["ginr_tiny"] == 4 and steps["mae_tiny-flops-ginr_tiny"] > 4 * 3  # MINR steps cost several MAE's
     res = json.loads((out / "results.json").read_text())
+    head = {h["model"]: h for h in res["headline"]}  # the first seed's runs, the equal-FLOPs one with its steps
+    assert list(head) == ["ginr_tiny", "mae_tiny", "mae_tiny (FLOPs of ginr_tiny)", "raw pixels (floor)"]
+    assert head["mae_tiny (FLOPs of ginr_tiny)"]["pretrain steps"] == f"{steps['mae_tiny-flops-ginr_tiny']:,}"
+    assert head["mae_tiny (FLOPs of ginr_tiny)"]["best linear %"] and head["ginr_tiny"]["pretrain steps"] == "4"
     got = {(c["metric"], c["arm"]) for c in res["seed_level"]}
     arms = ("equal steps", "equal FLOPs", "gain over scratch")
     assert got == {(m, a) for m in ("probe linear", "probe knn") for a in arms}
@@ -240,3 +244,16 @@ def test_scratch_controls_are_trained_for_every_model(tmp_path, fashion_small):
     gains = {(c["metric"], c["result"]["a"]) for c in res["seed_level"] if c["arm"] == "gain over scratch"}
     for metric in ("fine-tuning", "segmentation frozen tokens", "segmentation full tokens"):
         assert {(metric, m) for m in models} <= gains, (metric, gains)
+
+
+def test_learning_curve_says_where_it_meets_the_pixel_floor():
+    from cli.bench.verdict import crossing
+
+    rising = [(0, 0.70), (10, 0.60), (30, 0.81), (100, 0.85)]
+    text = crossing(rising, 0.80, 64, "linear", "ginr_tiny")
+    assert "reaches the pixel floor (80.00%) at step 30 (1,920 images seen; 81.00%)" in text
+    assert "+5.00 points against it at the end" in text and "still rising at the end (+4.00 since step 30)" in text
+    below = [(0, 0.90), (10, 0.60), (30, 0.75), (100, 0.72)]  # the random init above the floor does not count
+    text = crossing(below, 0.80, 64, "k-NN", "mae_tiny")
+    assert "does not reach the pixel floor (80.00%) within 100 steps (6,400 images): best 75.00% at step 30" in text
+    assert "5.00 points below" in text and "not rising at the end (-3.00 since step 30)" in text

@@ -58,7 +58,7 @@ def bench_cmd(preset, out, models, stages, sets, force, dry_run, quiet, plan) ->
         return
     path = run_bench(cfg, out, quiet=quiet, force=force, say=(click.echo if quiet else None))
     if "report" in selected(cfg):
-        console.print(f"wrote {path}/report.md, report.html and results.json")
+        console.print(f"the report: {path}/report.md, report.html and results.json")
 
 
 def _plan(cfg, out: Path, quiet: bool) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cli.bench import seeds
 from cli.bench.results import BenchResults, gather
-from cli.bench.runs import Bench
+from cli.bench.runs import Bench, Run
 from cli.bench.stage import Stage
 from cli.bench.stages import COMPUTE, PretrainRun, selected, stage_key
 from cli.bench.verdict import (
@@ -26,13 +26,14 @@ from cli.bench.verdict import (
     pixels_entry,
     verdict,
 )
-from minr.io import atomic_write_bytes, atomic_write_text, write_json
+from minr.io import atomic_write_bytes, atomic_write_text, git_sha, write_json
 from probes.stats import pairs_text
 from probes.tables import markdown_table, over_seeds, pct, print_table
 
 HEADLINE = [
     "model",
     "params",
+    "pretrain steps",
     "pretrain img/s",
     "PSNR full",
     "PSNR pasted",
@@ -67,10 +68,18 @@ def _params(model: str) -> int:
     return get_spec(model).params
 
 
+def headline_runs(res: BenchResults) -> list[tuple[str, Run]]:
+    """(label, run) of the first pretraining seed: each model, then each equal-FLOPs run ("mae_tiny (FLOPs of
+    ginr_tiny)")."""
+    first = [r for r in res.runs if r.seed == res.config.pretrain.seed]
+    return [(r.name if r.matched_to is None else f"{r.model} (FLOPs of {r.matched_to})", r) for r in first]
+
+
 def headline_rows(res: BenchResults) -> list[list[str]]:
     rows = []
     chosen = chosen_entries(res.probe.main)
-    for m in res.config.models:
+    for label, spec in headline_runs(res):
+        m = spec.name
         run = res.pretrain.get(m)
         probe = chosen.get(m)
         ft = next((e for e in (res.finetune.entries if res.finetune else []) if e.name == m), None)
@@ -80,8 +89,9 @@ def headline_rows(res: BenchResults) -> list[list[str]]:
         }
         rows.append(
             [
-                m,
-                f"{_params(m):,}",
+                label,
+                f"{_params(spec.model):,}",
+                f"{spec.steps:,}",
                 f"{(run.train_images_per_s if run else None) or 0:,.0f}",
                 *(f"{v:.2f}" if v is not None else "" for v in _psnr(res, m, run)),
                 pct(probe and probe.linear and probe.linear.mean),
@@ -95,7 +105,7 @@ def headline_rows(res: BenchResults) -> list[list[str]]:
     seg_floor = [pct(r and r.floor and r.floor.mean) for r in (res.segment.get("frozen"), res.segment.get("full"))]
     if pixels or any(seg_floor):
         floor = [pct(pixels and pixels.linear and pixels.linear.mean), pct(pixels and pixels.knn and pixels.knn.mean)]
-        rows.append(["raw pixels (floor)", "", "", "", "", "", *floor, "", *seg_floor])
+        rows.append(["raw pixels (floor)", "", "", "", "", "", "", *floor, "", *seg_floor])
     return rows
 
 
@@ -266,9 +276,21 @@ def render(b: Bench, res: BenchResults) -> Rendered:
         per_stage=sections(res, Reconstruct().configs(b) if res.reconstruct else None),
         figures=_figures(b.out, condition(res)),
         timing=timing,
-        machine=f"Code: {res.git_sha}; {hw['cpu']} ({hw['cpu_count']} cores); torch {hw['torch']}.",
+        machine=f"Code: {code_line(res)}. Machine: {hw['cpu']} ({hw['cpu_count']} cores); torch {hw['torch']}.",
         note=HEADLINE_NOTE.format(condition=condition(res)),
     )
+
+
+def code_line(res: BenchResults) -> str:
+    """The commit each stage ran and the report's: one SHA when they agree."""
+    by_sha: dict[str, list[str]] = {}
+    for name, t in res.stages.items():
+        if t:
+            by_sha.setdefault(t.git_sha or "not recorded (run before stages kept it)", []).append(name)
+    if set(by_sha) <= {res.git_sha}:
+        return res.git_sha
+    parts = [f"{', '.join(names)}: {sha}" for sha, names in by_sha.items()]
+    return "; ".join([*parts, f"report: {res.git_sha}"])
 
 
 def markdown(cfg, r: Rendered, out: Path) -> str:
@@ -284,7 +306,7 @@ def markdown(cfg, r: Rendered, out: Path) -> str:
         "## Paired MINR - MAE\n",
         markdown_table(PAIRED_HEADERS, r.paired),
         "## Verdict (computed from the numbers above)\n",
-        " ".join(r.says) + "\n",
+        "".join(f"- {line}\n" for line in r.says),
     ]
     for title, headers, rows in r.per_stage:
         md += [f"## {title}\n", markdown_table(headers, rows)]
@@ -312,7 +334,8 @@ class Report(Stage):
     parallel = False
 
     def inputs(self, b: Bench) -> dict:
-        return {s.name: stage_key(b.out, s.name) for s in COMPUTE if s.name in selected(b.cfg)}
+        """The stages' results, and the code that renders them: a report of newer code is rendered again."""
+        return {s.name: stage_key(b.out, s.name) for s in COMPUTE if s.name in selected(b.cfg)} | {"code": git_sha()}
 
     def run(self, b: Bench, progress: bool) -> None:
         write_report(b, gather(b))
@@ -348,7 +371,7 @@ def to_html(cfg, r: Rendered) -> str:
         _html_table(PAIRED_HEADERS, r.paired),
         "</section>",
         "<section id='verdict'><h2>Verdict (computed from the numbers)</h2>",
-        "".join(f"<p>{html.escape(s)}</p>" for s in r.says),
+        "<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in r.says) + "</ul>",
         "</section>",
     ]
     for title, headers, rows in r.per_stage:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.bench.config import BenchConfig
-from cli.bench.runs import Bench
+from cli.bench.runs import Bench, Run
 from cli.bench.seeds import SeedComparison, comparisons
 from cli.bench.stages import COMPUTE, PretrainRun, ProbeOutcome
 from minr.io import git_sha, read_json
@@ -19,6 +19,7 @@ from minr.runtime import hardware
 class StageTime:
     seconds: float
     continued: bool  # a stopped stage continued: `seconds` is this session's part only
+    git_sha: str | None = None  # the code the stage ran (None: recorded before stages kept it)
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class BenchResults:
     probe: ProbeOutcome
     finetune: Any  # finetune.report.FinetuneResults | None
     segment: dict[str, Any]  # regime -> finetune.seg_results.SegResults | None
-    git_sha: str
+    git_sha: str  # the code that gathered the results (the report's)
     hardware: dict[str, Any]
     seed_level: list[SeedComparison] = field(default_factory=list)  # over pretraining seeds and both budget arms
+    runs: list[Run] = field(default_factory=list)  # every pretraining run of the bench's models
 
     def has_any(self) -> bool:
         """Whether any stage left results to report."""
@@ -54,7 +56,7 @@ def _time(out: Path, stage: str) -> StageTime | None:
     if not done.is_file():
         return None
     rec = read_json(done, "a bench stage record")
-    return StageTime(float(rec["seconds"]), bool(rec.get("continued", False)))
+    return StageTime(float(rec["seconds"]), bool(rec.get("continued", False)), rec.get("git_sha"))
 
 
 def _sha(path: str) -> str | None:
@@ -77,4 +79,5 @@ def gather(b: Bench) -> BenchResults:
         git_sha=git_sha(),
         hardware=hardware(),
         seed_level=comparisons(b),
+        runs=b.runs(),
     )

@@ -26,7 +26,7 @@ from cli.bench.runs import Bench
 from cli.bench.stage import Stage
 from cli.bench.stages import COMPUTE, selected, stage_key
 from minr.errors import MinrError
-from minr.io import read_json, write_json
+from minr.io import git_sha, read_json, write_json
 from minr.parallel import broadcast
 from minr.run import main_locked
 from minr.runtime import Dist, barrier, distributed_device
@@ -186,7 +186,8 @@ def _run_stage(stage: Stage, bench: Bench, key: str, head: str, say, quiet: bool
     seconds = time.perf_counter() - t0
     if env.main:
         done_key = _digest(stage.inputs(bench)) if stage is BY_NAME["report"] else key
-        write_json(folder / "stage.json", {"key": done_key, "seconds": seconds, "continued": continued})
+        record = {"key": done_key, "seconds": seconds, "continued": continued, "git_sha": git_sha()}
+        write_json(folder / "stage.json", record)
     barrier(env)
     say(f"  {stage.name} done in {_fmt(seconds)}" + (" (this session's part)" if continued else ""))
     return seconds, continued

@@ -111,19 +111,47 @@ def pixels_entry(probe):
     return (chosen or pixels or [None])[0]
 
 
-def curve_sentences(curve) -> list[str]:
+def crossing(pts: list[tuple[int, float]], floor: float, batch: int, method: str, model: str) -> str:
+    """Where a learning curve [(step, accuracy)] first reaches the raw-pixel floor, or that it does not; and
+    whether it was still rising at its last point."""
+    (s0, a0), (s1, a1) = pts[0], pts[-1]
+    head = f"Learning curve, {model}, {method}: {pct(a0)}% at step {s0} (random init) -> {pct(a1)}% at step {s1}"
+    above = next(((s, a) for s, a in pts[1:] if a >= floor), None)  # trained points only
+    if above:
+        s, a = above
+        where = (
+            f"reaches the pixel floor ({pct(floor)}%) at step {s} ({s * batch:,} images seen; {pct(a)}%), "
+            f"{100 * (a1 - floor):+.2f} points against it at the end"
+        )
+    else:
+        best_s, best = max(pts[1:] or pts, key=lambda p: p[1])
+        where = (
+            f"does not reach the pixel floor ({pct(floor)}%) within {s1} steps ({s1 * batch:,} images): best "
+            f"{pct(best)}% at step {best_s}, {100 * (floor - best):.2f} points below"
+        )
+    trend = ""
+    if len(pts) > 2:
+        (sp, ap) = pts[-2]
+        trend = f"; {'still rising' if a1 > ap else 'not rising'} at the end ({100 * (a1 - ap):+.2f} since step {sp})"
+    return f"{head}; {where}{trend}."
+
+
+def curve_sentences(curve, batch: int) -> list[str]:
+    """Per model and method (linear, k-NN): where its learning curve meets the raw-pixel floor of the same
+    probe (the same train and test images)."""
     pixels = pixels_entry(curve)
     out = []
     for model, pts in curve_points(curve).items():
-        first, last = pts[0], pts[-1]
-        side = "no pixel floor"
-        if pixels:
-            gap = last[1] - pixels.linear.mean
-            side = f"{abs(100 * gap):.2f} points {'above' if gap > 0 else 'below'} the pixel floor"
-        out.append(
-            f"Learning curve, {model}: linear {pct(first[1])}% at step {first[0]} (random init) -> "
-            f"{pct(last[1])}% at step {last[0]}, {side}."
-        )
+        for i, method in enumerate(("linear", "k-NN")):
+            series = [(p[0], p[1 + i]) for p in pts]
+            floor = pixels and (pixels.linear if i == 0 else pixels.knn)
+            if floor:
+                out.append(crossing(series, floor.mean, batch, method, model))
+            else:
+                out.append(
+                    f"Learning curve, {model}, {method}: {pct(series[0][1])}% at step {series[0][0]} (random "
+                    f"init) -> {pct(series[-1][1])}% at step {series[-1][0]}; no pixel floor was probed."
+                )
     return out
 
 
@@ -190,5 +218,5 @@ def verdict(res: BenchResults) -> list[str]:
     out += _robustness(res)
     out += _probe_sentences(res.probe.main)
     if res.probe.curve:
-        out += curve_sentences(res.probe.curve)
+        out += curve_sentences(res.probe.curve, res.config.pretrain.batch_size)
     return out
