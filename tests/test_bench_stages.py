@@ -252,8 +252,8 @@ def test_learning_curve_says_where_it_meets_the_pixel_floor():
     rising = [(0, 0.70), (10, 0.60), (30, 0.81), (100, 0.85)]
     text = crossing(rising, 0.80, 64, "linear", "ginr_tiny")
     assert "reaches the pixel floor (80.00%) at step 30 (1,920 images seen; 81.00%)" in text
-    assert "+5.00 points against it at the end" in text and "still rising at the end (+4.00 since step 30)" in text
+    assert "+5.00 points against it at the end" in text and "+4.00 points over its last stretch (since step 30)" in text
     below = [(0, 0.90), (10, 0.60), (30, 0.75), (100, 0.72)]  # the random init above the floor does not count
     text = crossing(below, 0.80, 64, "k-NN", "mae_tiny")
     assert "does not reach the pixel floor (80.00%) within 100 steps (6,400 images): best 75.00% at step 30" in text
-    assert "5.00 points below" in text and "not rising at the end (-3.00 since step 30)" in text
+    assert "5.00 points below" in text and "-3.00 points over its last stretch (since step 30)" in text

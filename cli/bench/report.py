@@ -234,9 +234,11 @@ def budget(cfg) -> str:
     """The resolved pretraining budget, which `--set` may have changed from the preset's description."""
     p = cfg.pretrain
     extra = f"; extra runs: {', '.join(e.name for e in p.extra)}" if p.extra else ""
+    seeds = f"seed {p.seed}" if p.seeds == 1 else f"seeds {p.seed}-{p.seed + p.seeds - 1}"
+    arm = "also MAE for each MINR's training FLOPs" if p.equal_flops else "no equal-FLOPs arm"
     return (
-        f"This run: {', '.join(cfg.models)} pretrained on {p.dataset} for {p.steps} steps of batch {p.batch_size} "
-        f"({p.steps * p.batch_size:,} images), seed {p.seed}{extra}."
+        f"This run: {', '.join(cfg.models)} pretrained on {p.dataset} for {p.steps:,} steps of batch {p.batch_size} "
+        f"({p.steps * p.batch_size:,} images), {seeds}, {arm}{extra}."
     )
 
 

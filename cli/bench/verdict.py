@@ -112,8 +112,8 @@ def pixels_entry(probe):
 
 
 def crossing(pts: list[tuple[int, float]], floor: float, batch: int, method: str, model: str) -> str:
-    """Where a learning curve [(step, accuracy)] first reaches the raw-pixel floor, or that it does not; and
-    whether it was still rising at its last point."""
+    """Where a learning curve [(step, accuracy)] first reaches the raw-pixel floor, or that it does not; and how
+    much it changed over its last stretch (is it still rising?)."""
     (s0, a0), (s1, a1) = pts[0], pts[-1]
     head = f"Learning curve, {model}, {method}: {pct(a0)}% at step {s0} (random init) -> {pct(a1)}% at step {s1}"
     above = next(((s, a) for s, a in pts[1:] if a >= floor), None)  # trained points only
@@ -132,7 +132,7 @@ def crossing(pts: list[tuple[int, float]], floor: float, batch: int, method: str
     trend = ""
     if len(pts) > 2:
         (sp, ap) = pts[-2]
-        trend = f"; {'still rising' if a1 > ap else 'not rising'} at the end ({100 * (a1 - ap):+.2f} since step {sp})"
+        trend = f"; {100 * (a1 - ap):+.2f} points over its last stretch (since step {sp})"
     return f"{head}; {where}{trend}."
 
 
