@@ -177,8 +177,8 @@ run()
 @pytest.mark.parametrize("regime", ["full", "frozen"])
 def test_segmentation_under_torchrun_matches_one_process(regime, ckpt, fashion_small, tmp_path):
     """mmseg segmentors under DDP (batch norms over the global batch; head dropout off): the one-process weights (the
-    backbone's within 2% of its update, the heads' within 0.1% of their norm), and every validation image scored
-    once, as one process scores it."""
+    backbone's within 15% of its update, the heads' within 0.5% of their norm, 0.1% frozen), and every validation
+    image scored once, as one process scores it."""
     from finetune.scenes import make_fashion_scenes
 
     scenes = make_fashion_scenes(tmp_path / "scenes", n_train=16, n_val=10, size=56, data_root=str(fashion_small))
@@ -191,12 +191,18 @@ def test_segmentation_under_torchrun_matches_one_process(regime, ckpt, fashion_s
     subprocess.run([*TORCHRUN, str(script), *args, "--quiet", "--out", str(two)], cwd=ROOT, env=ENV, check=True)
     a, b = (d / "mae_tiny_tokens" / "seed0" / "segmentation.safetensors" for d in (one, two))
     if regime == "full":
-        _same_training(a, b, ckpt, "backbone.encoder.")
+        # Three Adam steps through an mmseg head amplify float noise in the backbone. Measured on a 2-core Intel Xeon,
+        # as a fraction of the update: one process at 1 against 2 threads differs by 1.4%, two ranks from one process
+        # by 5.5%, while one process at half the batch (what unsynchronised ranks would train) differs by 127%.
+        _same_training(a, b, ckpt, "backbone.encoder.", tol=0.15)
     sa, sb = load_checkpoint(a).model_state, load_checkpoint(b).model_state
     heads = [k for k in sa if k.split(".")[0] in ("decode_head", "neck", "auxiliary_head") and "running" not in k]
     heads = [k for k in heads if sa[k].is_floating_point()]
     diff = sum(float(((sa[k] - sb[k]) ** 2).sum()) for k in heads) ** 0.5
-    assert diff < 1e-3 * sum(float((sa[k] ** 2).sum()) for k in heads) ** 0.5
+    # Fine-tuned, the heads follow the backbone's noise: two ranks differ by 0.11% of the heads' norm, 1 against 2
+    # threads by 0.065%, half the batch by 3.4% (same machine); frozen, they stay within 0.1%.
+    tol = 5e-3 if regime == "full" else 1e-3
+    assert diff < tol * sum(float((sa[k] ** 2).sum()) for k in heads) ** 0.5
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert r1["evaluated_images"] == r2["evaluated_images"] == 10
     i1, i2 = (np.load(d / "predictions.npz") for d in (one, two))
