@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import math
 import os
@@ -122,8 +123,10 @@ def read_json(path: Path, what: str) -> Any:
         raise MinrError(f"{path} is not readable JSON ({e.__class__.__name__}); was it cut short?") from None
 
 
+@functools.cache
 def git_sha() -> str:
-    """The commit of the code that runs, with '-dirty' when it has uncommitted changes; 'unknown' outside git."""
+    """The commit of the code that runs, with '-dirty' when it has uncommitted changes; 'unknown' outside git.
+    Asked once per process: a long run that started from one commit keeps naming it while the tree changes."""
     here = Path(__file__).resolve().parent
 
     def git(*args: str) -> subprocess.CompletedProcess:

@@ -257,3 +257,4 @@ def test_learning_curve_says_where_it_meets_the_pixel_floor():
     text = crossing(below, 0.80, 64, "k-NN", "mae_tiny")
     assert "does not reach the pixel floor (80.00%) within 100 steps (6,400 images): best 75.00% at step 30" in text
     assert "5.00 points below" in text and "-3.00 points over its last stretch (since step 30)" in text
+    assert crossing(below, None, 64, "k-NN", "mae_tiny").endswith("at step 100; no pixel floor was probed.")

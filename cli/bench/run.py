@@ -139,6 +139,7 @@ def run_bench(
     from minr.progress import console
 
     validate(cfg)
+    git_sha()  # the commit this process starts from, which every stage record and the report then name
     out = Path(out_dir)
     check_out(out, cfg, force)
     say = say or (lambda m: console.print(m, highlight=False))

@@ -111,11 +111,13 @@ def pixels_entry(probe):
     return (chosen or pixels or [None])[0]
 
 
-def crossing(pts: list[tuple[int, float]], floor: float, batch: int, method: str, model: str) -> str:
+def crossing(pts: list[tuple[int, float]], floor: float | None, batch: int, method: str, model: str) -> str:
     """Where a learning curve [(step, accuracy)] first reaches the raw-pixel floor, or that it does not; and how
     much it changed over its last stretch (is it still rising?)."""
     (s0, a0), (s1, a1) = pts[0], pts[-1]
     head = f"Learning curve, {model}, {method}: {pct(a0)}% at step {s0} (random init) -> {pct(a1)}% at step {s1}"
+    if floor is None:
+        return f"{head}; no pixel floor was probed."
     above = next(((s, a) for s, a in pts[1:] if a >= floor), None)  # trained points only
     if above:
         s, a = above
@@ -143,15 +145,8 @@ def curve_sentences(curve, batch: int) -> list[str]:
     out = []
     for model, pts in curve_points(curve).items():
         for i, method in enumerate(("linear", "k-NN")):
-            series = [(p[0], p[1 + i]) for p in pts]
             floor = pixels and (pixels.linear if i == 0 else pixels.knn)
-            if floor:
-                out.append(crossing(series, floor.mean, batch, method, model))
-            else:
-                out.append(
-                    f"Learning curve, {model}, {method}: {pct(series[0][1])}% at step {series[0][0]} (random "
-                    f"init) -> {pct(series[-1][1])}% at step {series[-1][0]}; no pixel floor was probed."
-                )
+            out.append(crossing([(p[0], p[1 + i]) for p in pts], floor.mean if floor else None, batch, method, model))
     return out
 
 
